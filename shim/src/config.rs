@@ -1,0 +1,283 @@
+//! Daemon configuration: a TOML file, overridden by command-line flags.
+//!
+//! [`parse`] and [`Config::resolve`] are pure so tests exercise exactly what
+//! `lazarus serve` does with a file and flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+use crate::logging::{LogFormat, LogSettings};
+
+/// Where kubelet connects by default.
+pub const DEFAULT_LISTEN: &str = "/run/lazarus/cri.sock";
+/// The runtime lazarus forwards to by default.
+pub const DEFAULT_UPSTREAM: &str = "unix:///run/containerd/containerd.sock";
+/// Persistent state (checkpoint store, …).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lazarus";
+/// Runtime state that does not survive a reboot (restore plans, …).
+pub const DEFAULT_RUN_DIR: &str = "/run/lazarus";
+/// How long in-flight calls may take to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the upstream may take before a call fails.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors in the configuration file or flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys / wrong types.
+    #[error("parsing config file {path}: {message}")]
+    Parse {
+        /// The file (or `<inline>`).
+        path: PathBuf,
+        /// What the TOML parser said, with line and column.
+        message: String,
+    },
+    /// A value is syntactically fine but not usable.
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        /// The setting (flag or key) at fault.
+        key: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// The configuration file as written (`/etc/lazarus/config.toml`). Every key is
+/// optional; unknown keys are an error so typos do not pass silently.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Unix socket path kubelet connects to.
+    pub listen: Option<PathBuf>,
+    /// The runtime's CRI endpoint (`unix:///path` or `http://host:port`).
+    pub upstream: Option<String>,
+    /// Persistent state directory.
+    pub state_dir: Option<PathBuf>,
+    /// Runtime state directory.
+    pub run_dir: Option<PathBuf>,
+    /// Log filter (`info`, `debug`, `lazarus_shim=trace,info`, …).
+    pub log_level: Option<String>,
+    /// `plain` or `json`.
+    pub log_format: Option<String>,
+    /// Go-style duration in-flight calls get after SIGTERM.
+    pub shutdown_timeout: Option<String>,
+    /// Go-style duration a connection attempt to the upstream may take.
+    pub upstream_connect_timeout: Option<String>,
+}
+
+/// Values given on the command line; `Some` wins over the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<PathBuf>,
+    /// `--upstream`.
+    pub upstream: Option<String>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--run-dir`.
+    pub run_dir: Option<PathBuf>,
+    /// `--log-level` (or `LAZARUS_LOG`).
+    pub log_level: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+/// The effective configuration of a running daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Unix socket path kubelet connects to.
+    pub listen: PathBuf,
+    /// The runtime's endpoint, validated.
+    pub upstream: String,
+    /// Persistent state directory.
+    pub state_dir: PathBuf,
+    /// Runtime state directory.
+    pub run_dir: PathBuf,
+    /// Logging.
+    pub log: LogSettings,
+    /// Grace period for in-flight calls on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Upstream connect timeout.
+    pub upstream_connect_timeout: Duration,
+}
+
+/// Parses the text of a configuration file. `origin` names it in errors.
+pub fn parse(text: &str, origin: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text)
+        .map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string().trim_end().to_owned() })
+}
+
+/// Reads and parses a configuration file.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+impl Config {
+    /// Combines file and flags (flags win) and validates the result.
+    pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
+        let listen = flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        if !listen.is_absolute() {
+            return Err(invalid("listen", listen.display(), "must be an absolute path"));
+        }
+        let upstream = flags.upstream.or(file.upstream).unwrap_or_else(|| DEFAULT_UPSTREAM.into());
+        validate_upstream(&upstream)?;
+        let state_dir = absolute_dir("state-dir", flags.state_dir.or(file.state_dir), DEFAULT_STATE_DIR)?;
+        let run_dir = absolute_dir("run-dir", flags.run_dir.or(file.run_dir), DEFAULT_RUN_DIR)?;
+        let format = match flags.log_format.or(file.log_format).as_deref() {
+            None | Some("plain") => LogFormat::Plain,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("log-format", other, "expected \"plain\" or \"json\"")),
+        };
+        let filter = flags.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());
+        crate::logging::validate_filter(&filter).map_err(|reason| invalid("log-level", &filter, reason))?;
+        let shutdown_timeout = duration_setting("shutdown_timeout", file.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT)?;
+        let upstream_connect_timeout = duration_setting(
+            "upstream_connect_timeout",
+            file.upstream_connect_timeout,
+            DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        )?;
+        if upstream_connect_timeout.is_zero() {
+            return Err(invalid("upstream_connect_timeout", "0", "must be greater than zero"));
+        }
+        Ok(Config {
+            listen,
+            upstream,
+            state_dir,
+            run_dir,
+            log: LogSettings { filter, format },
+            shutdown_timeout,
+            upstream_connect_timeout,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), reason: reason.into() }
+}
+
+fn absolute_dir(key: &'static str, value: Option<PathBuf>, default: &str) -> Result<PathBuf, ConfigError> {
+    let dir = value.unwrap_or_else(|| default.into());
+    if dir.is_absolute() { Ok(dir) } else { Err(invalid(key, dir.display(), "must be an absolute path")) }
+}
+
+fn duration_setting(key: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => duration::parse(&text).map_err(|e| invalid(key, &text, e.reason)),
+    }
+}
+
+/// Accepts `unix:///absolute/path` and `http://host:port` (for a runtime
+/// served over TCP, e.g. in tests).
+pub fn validate_upstream(uri: &str) -> Result<(), ConfigError> {
+    if let Some(path) = uri.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(invalid(
+                "upstream",
+                uri,
+                "a unix endpoint needs an absolute path: unix:///run/containerd/containerd.sock",
+            ));
+        }
+        return Ok(());
+    }
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        return uri.parse::<http::Uri>().map(drop).map_err(|e| invalid("upstream", uri, e.to_string()));
+    }
+    Err(invalid("upstream", uri, "expected unix:///path/to/socket or http://host:port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> &'static Path {
+        Path::new("/etc/lazarus/config.toml")
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!(c.listen, Path::new("/run/lazarus/cri.sock"));
+        assert_eq!(c.upstream, "unix:///run/containerd/containerd.sock");
+        assert_eq!(c.state_dir, Path::new("/var/lib/lazarus"));
+        assert_eq!(c.run_dir, Path::new("/run/lazarus"));
+        assert_eq!(c.log.format, LogFormat::Plain);
+        assert_eq!(c.log.filter, "info");
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let file = parse(
+            r#"
+            listen = "/run/a.sock"
+            upstream = "unix:///run/b.sock"
+            state_dir = "/srv/state"
+            log_format = "json"
+            shutdown_timeout = "3s"
+            "#,
+            origin(),
+        )
+        .expect("valid file");
+        let flags = Overrides { listen: Some("/run/flag.sock".into()), ..Overrides::default() };
+        let c = Config::resolve(file, flags).expect("valid");
+        assert_eq!(c.listen, Path::new("/run/flag.sock"));
+        assert_eq!(c.upstream, "unix:///run/b.sock");
+        assert_eq!(c.state_dir, Path::new("/srv/state"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_naming_the_key_and_file() {
+        let err = parse("listen = \"/a\"\nupstrem = \"unix:///x\"\n", origin()).expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/lazarus/config.toml"), "{msg}");
+        assert!(msg.contains("upstrem"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_are_an_error() {
+        let err = parse("listen = 5\n", origin()).expect_err("type");
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_setting_named() {
+        let cases = [
+            (Overrides { upstream: Some("/run/containerd/containerd.sock".into()), ..Default::default() }, "upstream"),
+            (Overrides { upstream: Some("unix://relative.sock".into()), ..Default::default() }, "upstream"),
+            (Overrides { listen: Some("cri.sock".into()), ..Default::default() }, "listen"),
+            (Overrides { state_dir: Some("var/lib".into()), ..Default::default() }, "state-dir"),
+            (Overrides { log_format: Some("xml".into()), ..Default::default() }, "log-format"),
+            (Overrides { log_level: Some("lazarus=loud".into()), ..Default::default() }, "log-level"),
+        ];
+        for (flags, key) in cases {
+            let err = Config::resolve(FileConfig::default(), flags).expect_err(key);
+            assert!(matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key), "{key}: {err}");
+        }
+        let file = FileConfig { shutdown_timeout: Some("soon".into()), ..Default::default() };
+        let err = Config::resolve(file, Overrides::default()).expect_err("duration");
+        assert!(err.to_string().contains("shutdown_timeout"), "{err}");
+    }
+
+    #[test]
+    fn tcp_upstreams_are_accepted() {
+        let flags = Overrides { upstream: Some("http://127.0.0.1:10010".into()), ..Default::default() };
+        assert!(Config::resolve(FileConfig::default(), flags).is_ok());
+    }
+}

@@ -1,0 +1,112 @@
+//! Errors of the proxy's request path, and their one mapping to gRPC statuses.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use tonic::{Code, Status};
+
+/// Something went wrong while handling one CRI call.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream runtime could not be reached (down, restarting, socket missing).
+    #[error("upstream {upstream} is unavailable: {reason}")]
+    UpstreamUnavailable {
+        /// The upstream endpoint.
+        upstream: Arc<str>,
+        /// The transport error, with its causes.
+        reason: String,
+    },
+    /// The client's request body could not be read.
+    #[error("reading the {method} request: {reason}")]
+    RequestBody {
+        /// The gRPC method path.
+        method: String,
+        /// Why.
+        reason: String,
+    },
+    /// A message is larger than kubelet's limit.
+    #[error("{method}: message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The gRPC method path.
+        method: String,
+        /// Size announced in the gRPC frame.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A request body is not a single well-formed gRPC frame.
+    #[error("{method}: malformed gRPC request: {reason}")]
+    MalformedFrame {
+        /// The gRPC method path.
+        method: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A message could not be decoded as the CRI type it should be.
+    #[error("{method}: decoding the {what}: {source}")]
+    Decode {
+        /// The gRPC method path.
+        method: String,
+        /// "request" or "response".
+        what: &'static str,
+        /// The protobuf error.
+        source: prost::DecodeError,
+    },
+}
+
+impl ProxyError {
+    /// The gRPC code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            ProxyError::UpstreamUnavailable { .. } => Code::Unavailable,
+            ProxyError::RequestBody { .. } => Code::Cancelled,
+            ProxyError::MessageTooLarge { .. } => Code::ResourceExhausted,
+            ProxyError::MalformedFrame { .. } => Code::Internal,
+            ProxyError::Decode { .. } => Code::InvalidArgument,
+        }
+    }
+}
+
+impl From<ProxyError> for Status {
+    fn from(err: ProxyError) -> Self {
+        Status::new(err.code(), format!("lazarus: {err}"))
+    }
+}
+
+/// Renders an error with all of its causes: `a: b: c`.
+pub fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_errors_become_unavailable_naming_the_upstream() {
+        let status = Status::from(ProxyError::UpstreamUnavailable {
+            upstream: "unix:///run/containerd/containerd.sock".into(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("unix:///run/containerd/containerd.sock"));
+        assert!(status.message().contains("connection refused"));
+    }
+
+    #[test]
+    fn chain_joins_causes_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let outer = ProxyError::RequestBody { method: "/x".into(), reason: chain(&inner) };
+        assert_eq!(chain(&outer), "reading the /x request: no such file");
+    }
+}

@@ -1,0 +1,21 @@
+//! lazarus: a node-level CRI gRPC proxy between kubelet and containerd.
+//!
+//! Every CRI call is forwarded to the upstream runtime as raw HTTP/2 gRPC
+//! ([`passthrough`]); the few methods lazarus acts on are decoded on the side
+//! ([`intercept`]) while their bytes still travel upstream unchanged.
+
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod grpc_frame;
+pub mod intercept;
+pub mod listener;
+pub mod logging;
+pub mod passthrough;
+pub mod proxy;
+pub mod server;
+pub mod upstream;
+
+pub use config::Config;
+pub use proxy::Proxy;

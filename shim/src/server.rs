@@ -1,0 +1,117 @@
+//! Serving the CRI on the unix socket, and shutting down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::UnixListener;
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::listener::{self, ListenError};
+use crate::proxy::Proxy;
+use crate::upstream::Upstream;
+
+/// Concurrent calls one client connection may have open.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listening socket.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The upstream endpoint is unusable.
+    #[error(transparent)]
+    Upstream(#[from] ProxyError),
+    /// A state directory could not be created.
+    #[error("creating directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the daemon until `shutdown` resolves: binds the socket, serves every
+/// connection, then drains in-flight calls for at most
+/// `config.shutdown_timeout` and removes the socket.
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    for dir in [&config.state_dir, &config.run_dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ServeError::Directory { path: dir.clone(), source })?;
+    }
+    let proxy = Proxy::new(Upstream::new(config)?);
+    let socket = listener::bind(&config.listen)?;
+    tracing::info!(
+        listen = %config.listen.display(),
+        upstream = %config.upstream,
+        version = env!("CARGO_PKG_VERSION"),
+        "lazarus serving the CRI"
+    );
+    run(socket, proxy, shutdown, config.shutdown_timeout).await;
+    listener::remove(&config.listen);
+    tracing::info!("lazarus stopped");
+    Ok(())
+}
+
+/// Accepts connections on `socket` until `shutdown`, then waits up to `grace`
+/// for open calls to finish.
+pub async fn run(socket: UnixListener, proxy: Proxy, shutdown: impl Future<Output = ()>, grace: Duration) {
+    let graceful = GracefulShutdown::new();
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let proxy = proxy.clone();
+                    let service = hyper::service::service_fn(move |request| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                    });
+                    let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(socket);
+    tracing::info!(grace = %crate::duration::format(grace), "shutting down: no new connections, draining open calls");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all calls finished"),
+        () = tokio::time::sleep(grace) => tracing::warn!("calls still open after the grace period; closing them"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; lazarus will only stop when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    }
+}
