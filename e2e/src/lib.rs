@@ -102,7 +102,8 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// The `lazarus` binary under test: `LAZARUS_BIN`, or built from this
-/// workspace with the same cargo that runs the tests.
+/// workspace with the same cargo that runs the tests (release when the caller
+/// is optimized, as `cargo bench` is).
 pub fn lazarus_bin() -> Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -110,7 +111,7 @@ pub fn lazarus_bin() -> Result<PathBuf> {
             return Ok(PathBuf::from(bin));
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = std::env::var("LAZARUS_E2E_RELEASE").is_ok_and(|v| v == "1");
+        let release = !cfg!(debug_assertions);
         let mut cmd = Command::new(cargo);
         cmd.current_dir(repo_root()).args(["build", "--quiet", "-p", "lazarus-shim", "--bin", "lazarus"]);
         if release {

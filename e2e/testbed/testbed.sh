@@ -119,7 +119,7 @@ proc_alive() {
 
 # Command line of process $1 with spaces between arguments.
 proc_cmdline() {
-  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true
+  { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null || true
 }
 
 # PIDs of live processes whose command line contains the fixed string $1.
@@ -457,7 +457,8 @@ containerd_answers() {
 start_containerd() {
   [ -x "$CONTAINERD_BIN" ] || die "$CONTAINERD_BIN missing; run '$SELF up --containerd $FLAVOR'"
   [ -f "$CONTAINERD_CONFIG" ] || die "$CONTAINERD_CONFIG missing; run '$SELF up --containerd $FLAVOR'"
-  mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$RUNC_ROOT"
+  mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$RUNC_ROOT" \
+    "$CNI_IPAM_DIR"
   echo "$FLAVOR" >"$CONTAINERD_FLAVOR_FILE"
   rm -f "$CONTAINERD_SOCKET" "$CONTAINERD_SOCKET.ttrpc"
   printf '=== %s testbed.sh: starting containerd %s: %s --config %s\n' \

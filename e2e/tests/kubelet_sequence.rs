@@ -226,7 +226,7 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
 
     // Logs, in the CRI log format, where kubelet reads them.
     let log_path = log_dir.join("counter/0.log");
-    let log = wait_for(Duration::from_secs(20), "counter log lines", || {
+    let log = wait_for(Duration::from_secs(20), &format!("counter log lines in {}", log_path.display()), || {
         let log_path = log_path.clone();
         async move { std::fs::read_to_string(&log_path).ok().filter(|t| t.contains(" stdout F count 2\n")) }
     })

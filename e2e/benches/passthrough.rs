@@ -1,0 +1,202 @@
+//! Passthrough overhead: the same CRI calls made directly to the test bed's
+//! containerd and through a `lazarus serve` process in front of it, in one
+//! run, interleaved in rounds so both sides see the same machine.
+//!
+//! `cargo bench -p lazarus-e2e --bench passthrough [-- --calls N --rss-calls N]`
+//! (needs `e2e/testbed/testbed.sh up`). Prints a markdown table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config};
+use lazarus_proto::v1;
+
+const CONCURRENT_CLIENTS: usize = 16;
+const ROUNDS: usize = 5;
+const CONTAINERS: usize = 50;
+
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Version,
+    ListContainers,
+    ContainerStatus,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::Version => "Version",
+            Call::ListContainers => "ListContainers (50)",
+            Call::ContainerStatus => "ContainerStatus",
+        }
+    }
+}
+
+async fn one_call(cri: &mut Cri, call: Call, container_id: &str) -> Result<()> {
+    match call {
+        Call::Version => {
+            cri.runtime.version(v1::VersionRequest { version: "0.1.0".into() }).await?;
+        }
+        Call::ListContainers => {
+            let n = cri.runtime.list_containers(v1::ListContainersRequest { filter: None }).await?;
+            anyhow::ensure!(n.get_ref().containers.len() >= CONTAINERS, "expected at least {CONTAINERS} containers");
+        }
+        Call::ContainerStatus => {
+            cri.runtime
+                .container_status(v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: false })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `calls` calls spread over `clients` concurrent clients; returns
+/// per-call latencies (µs) and the wall time.
+async fn run(clients: &[Cri], call: Call, calls: usize, container_id: &Arc<str>) -> Result<(Vec<f64>, Duration)> {
+    let per_client = calls / clients.len();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for cri in clients {
+        let mut cri = cri.clone();
+        let container_id = container_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let t = Instant::now();
+                one_call(&mut cri, call, &container_id).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::with_capacity(calls);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all, started.elapsed()))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+struct Side {
+    latencies: Vec<f64>,
+    wall: Duration,
+}
+
+impl Side {
+    fn new() -> Side {
+        Side { latencies: Vec::new(), wall: Duration::ZERO }
+    }
+    fn add(&mut self, (latencies, wall): (Vec<f64>, Duration)) {
+        self.latencies.extend(latencies);
+        self.wall += wall;
+    }
+    fn stats(&mut self) -> (f64, f64, f64) {
+        self.latencies.sort_by(f64::total_cmp);
+        let throughput = self.latencies.len() as f64 / self.wall.as_secs_f64();
+        (percentile(&self.latencies, 0.5), percentile(&self.latencies, 0.99), throughput)
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let calls = arg("--calls", 20_000);
+    let rss_calls = arg("--rss-calls", 1_000_000);
+    let bed = Testbed::load()?;
+    let containerd = bed.containerd_socket()?;
+    let dir = tempfile::tempdir()?;
+    let lazarus = LazarusProcess::start(dir.path(), &dir.path().join("lazarus.sock"), &containerd)?;
+    let connect_many = |socket: &std::path::Path| -> Result<Vec<Cri>> {
+        (0..CONCURRENT_CLIENTS).map(|_| Cri::connect(socket)).collect()
+    };
+    let direct = connect_many(&containerd)?;
+    let proxied = connect_many(&lazarus.socket)?;
+
+    // A pod with 50 created containers for ListContainers/ContainerStatus.
+    let mut setup = direct[0].clone();
+    setup.sweep_test_pods().await?;
+    let pod = pod_config("bench", "lazarus-e2e", &dir.path().join("pods"), &[]);
+    let pod_id = setup
+        .runtime
+        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let image = bed.workload_image()?.to_owned();
+    setup
+        .image
+        .pull_image(v1::PullImageRequest {
+            image: Some(v1::ImageSpec { image: image.clone(), ..Default::default() }),
+            auth: None,
+            sandbox_config: Some(pod.clone()),
+        })
+        .await?;
+    let mut container_id = String::new();
+    for i in 0..CONTAINERS {
+        container_id = setup
+            .runtime
+            .create_container(v1::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container_config(&format!("c{i}"), &image, &["/bin/sleep", "3600"])),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+    }
+    let container_id: Arc<str> = container_id.into();
+
+    println!(
+        "lazarus passthrough benchmark: containerd {} ({}), {calls} calls per cell and side, {ROUNDS} interleaved rounds\n",
+        bed.var("CONTAINERD_VERSION").unwrap_or("?"),
+        containerd.display()
+    );
+    println!(
+        "| call | clients | direct p50 µs | proxy p50 µs | added p50 µs | direct p99 µs | proxy p99 µs | added p99 µs | throughput proxy/direct |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for call in [Call::Version, Call::ListContainers, Call::ContainerStatus] {
+        for clients in [1, CONCURRENT_CLIENTS] {
+            // Warm-up both sides.
+            run(&direct[..clients], call, 200.max(clients), &container_id).await?;
+            run(&proxied[..clients], call, 200.max(clients), &container_id).await?;
+            let (mut d, mut p) = (Side::new(), Side::new());
+            let per_round = (calls / ROUNDS).max(clients);
+            for _ in 0..ROUNDS {
+                d.add(run(&direct[..clients], call, per_round, &container_id).await?);
+                p.add(run(&proxied[..clients], call, per_round, &container_id).await?);
+            }
+            let (d50, d99, dt) = d.stats();
+            let (p50, p99, pt) = p.stats();
+            println!(
+                "| {} | {clients} | {d50:.0} | {p50:.0} | {:.0} | {d99:.0} | {p99:.0} | {:.0} | {:.3} ({pt:.0}/s vs {dt:.0}/s) |",
+                call.name(),
+                p50 - d50,
+                p99 - d99,
+                pt / dt
+            );
+        }
+    }
+
+    let rss_before = lazarus.rss_kib()?;
+    let started = Instant::now();
+    run(&proxied, Call::Version, rss_calls, &container_id).await.context("RSS run")?;
+    let rss_after = lazarus.rss_kib()?;
+    println!(
+        "\nproxy RSS: {rss_before} KiB before, {rss_after} KiB after {rss_calls} Version calls ({CONCURRENT_CLIENTS} clients, {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+
+    setup.sweep_test_pods().await?;
+    lazarus.terminate()?;
+    Ok(())
+}

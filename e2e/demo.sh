@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The README's first command: bring the test bed up if needed, run
+# `lazarus serve` in front of its private containerd, run a pod through it and
+# show it. Run as root on Debian 12.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+. "$repo/e2e/lib.sh"
+
+require_root
+require_cargo
+step "test bed (containerd ${LAZARUS_CONTAINERD:-1.6}, runc, CRIU, CNI, registry)"
+bash e2e/testbed/testbed.sh up
+# shellcheck disable=SC1091
+. /run/lazarus-testbed/env
+
+step "building lazarus (release)"
+cargo build --release --quiet -p lazarus-shim -p lazarus-e2e --bin lazarus --bin lazarus-demo
+
+socket=/run/lazarus-demo/cri.sock
+log=/var/log/lazarus-demo/lazarus.log
+mkdir -p "$(dirname "$log")"
+step "lazarus serve --listen $socket --upstream unix://$CONTAINERD_SOCKET"
+target/release/lazarus serve --listen "$socket" --upstream "unix://$CONTAINERD_SOCKET" \
+    --state-dir /var/lib/lazarus-demo --run-dir /run/lazarus-demo/run >"$log" 2>&1 &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
+[ -S "$socket" ] || { cat "$log"; die "lazarus did not start; log above"; }
+
+step "a pod through lazarus, as kubelet would run it"
+target/release/lazarus-demo --socket "$socket"
+
+kill -TERM $pid; wait $pid || die "lazarus exited with an error; see $log"
+trap - EXIT
+step "lazarus stopped on SIGTERM; its log ($log):"
+sed 's/^/    /' "$log"

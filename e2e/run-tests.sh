@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The README's second command: the whole test suite — formatting and lints,
+# unit tests, then the end-to-end suite against the real test bed for each
+# containerd flavour in LAZARUS_E2E_FLAVORS (default "1.6 2.1"). The test bed
+# is torn down at the end unless LAZARUS_KEEP_TESTBED=1.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+. "$repo/e2e/lib.sh"
+
+require_root
+require_cargo
+flavors=${LAZARUS_E2E_FLAVORS:-1.6 2.1}
+started=$(date +%s)
+
+teardown() { [ "${LAZARUS_KEEP_TESTBED:-0}" = 1 ] || bash e2e/testbed/testbed.sh down >/dev/null 2>&1 || true; }
+trap teardown EXIT
+
+first=${flavors%% *}
+step "test bed up (containerd $first)"
+bash e2e/testbed/testbed.sh up --containerd "$first"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --exclude lazarus-e2e
+
+for flavor in $flavors; do
+    if [ "$flavor" != "$first" ]; then
+        step "test bed: switching to containerd $flavor"
+        bash e2e/testbed/testbed.sh up --containerd "$flavor"
+    fi
+    step "end-to-end tests against containerd $flavor"
+    cargo test -p lazarus-e2e -- --test-threads=1
+done
+step "all tests passed in $(( $(date +%s) - started )) s (containerd: $flavors)"

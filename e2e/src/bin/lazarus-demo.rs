@@ -1,0 +1,127 @@
+//! The README demo's client: runs a counter pod through a lazarus socket the
+//! way kubelet would, and shows what the runtime reports.
+//!
+//! `lazarus-demo --socket /run/lazarus-demo/cri.sock` (test bed must be up).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use lazarus_e2e::{Cri, Testbed, container_config, pod_config, wait_for};
+use lazarus_proto::v1;
+
+const COUNTER: &str = "trap 'exit 143' TERM; i=0; while true; do echo \"count $i\"; i=$((i+1)); sleep 1; done";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let socket = args
+        .iter()
+        .position(|a| a == "--socket")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .context("usage: lazarus-demo --socket PATH")?;
+    let bed = Testbed::load()?;
+    let mut cri = Cri::connect(&socket)?;
+    cri.sweep_test_pods().await?;
+
+    let version = cri.runtime.version(v1::VersionRequest { version: "0.1.0".into() }).await?.into_inner();
+    println!(
+        "runtime behind {}: {} {} (CRI {})",
+        socket.display(),
+        version.runtime_name,
+        version.runtime_version,
+        version.runtime_api_version
+    );
+
+    let log_dir = PathBuf::from("/var/log/lazarus-demo/pods/counter");
+    let pod = pod_config("counter", "demo", &log_dir, &[]);
+    let pod_id = cri
+        .runtime
+        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let image = bed.workload_image()?.to_owned();
+    cri.image
+        .pull_image(v1::PullImageRequest {
+            image: Some(v1::ImageSpec { image: image.clone(), ..Default::default() }),
+            auth: None,
+            sandbox_config: Some(pod.clone()),
+        })
+        .await?;
+    let container_id = cri
+        .runtime
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(container_config("counter", &image, &["/bin/sh", "-c", COUNTER])),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
+
+    let sandbox = cri
+        .runtime
+        .pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("no pod status")?;
+    let ip = sandbox.network.map(|n| n.ip).unwrap_or_default();
+    println!("pod demo/counter {} — IP {ip}", &pod_id[..12]);
+
+    let log_path = log_dir.join("counter/0.log");
+    let log = wait_for(Duration::from_secs(20), "three log lines", || {
+        let log_path = log_path.clone();
+        async move { std::fs::read_to_string(&log_path).ok().filter(|t| t.lines().count() >= 3) }
+    })
+    .await?;
+    let status = cri
+        .runtime
+        .container_status(v1::ContainerStatusRequest { container_id: container_id.clone(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("no container status")?;
+    println!(
+        "container counter {} — {}",
+        &container_id[..12],
+        v1::ContainerState::try_from(status.state).map(|s| s.as_str_name()).unwrap_or("?")
+    );
+    println!("its log ({}):", log_path.display());
+    for line in log.lines() {
+        println!("    {line}");
+    }
+    let exec = cri
+        .runtime
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: container_id.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo \"hello from $(hostname), pid 1 is $(cat /proc/1/comm)\"".into(),
+            ],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    ensure!(exec.exit_code == 0, "exec failed: {}", String::from_utf8_lossy(&exec.stderr));
+    print!("exec: {}", String::from_utf8_lossy(&exec.stdout));
+
+    cri.runtime.stop_container(v1::StopContainerRequest { container_id: container_id.clone(), timeout: 10 }).await?;
+    let stopped = cri
+        .runtime
+        .container_status(v1::ContainerStatusRequest { container_id: container_id.clone(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("no status")?;
+    println!("stopped: exit code {}", stopped.exit_code);
+    cri.runtime.remove_container(v1::RemoveContainerRequest { container_id }).await?;
+    cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
+    cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod_id }).await?;
+    println!("pod removed; every call above went through lazarus");
+    Ok(())
+}
