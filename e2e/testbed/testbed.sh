@@ -178,7 +178,7 @@ render() {
   for kv in "$@"; do
     key=${kv%%=*}
     value=${kv#*=}
-    case "$value" in *'|'* | *'&'* | *'\'*) die "cannot render $key=$value" ;; esac
+    case "$value" in *'|'* | *'&'* | *\\*) die "cannot render $key=$value" ;; esac
     sed -i "s|@$key@|$value|g" "$tmp"
   done
   if grep -q '@[A-Z0-9_]*@' "$tmp"; then
@@ -190,6 +190,7 @@ render() {
     rm -f "$tmp"
     return 1
   fi
+  chmod 644 "$tmp"
   mv "$tmp" "$out"
   return 0
 }
@@ -256,16 +257,21 @@ install_packages() {
       >/usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
     policy_created=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   local registry_before=""
   registry_before=$(cat /run/docker-registry.pid 2>/dev/null || true)
   local rc=0
+  # shellcheck disable=SC2086 # $missing is a word list on purpose
   {
     apt-get -o DPkg::Lock::Timeout=600 -q update &&
       apt-get -o DPkg::Lock::Timeout=600 -q -y --no-install-recommends \
         install $missing
   } >>"$LOG_DIR/apt.log" 2>&1 || rc=$?
-  [ "$policy_created" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [ "$policy_created" -eq 1 ]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
   [ "$rc" -eq 0 ] || die "apt-get failed (exit $rc); see $LOG_DIR/apt.log"
   # If a policy of the machine let the package start its registry anyway,
   # stop that one: it would hold our port. Never touch one that ran before.
@@ -309,7 +315,9 @@ fetch_criu_tarball() {
 ensure_criu() {
   local candidate version
   for candidate in "$(command -v criu || true)" "$CRIU_INSTALL"; do
-    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    if [ -z "$candidate" ] || [ ! -x "$candidate" ]; then
+      continue
+    fi
     version=$(criu_version_of "$candidate")
     if [ -n "$version" ] && version_ge "$version" "$CRIU_MIN"; then
       CRIU_BIN=$candidate
@@ -353,10 +361,13 @@ ensure_containerd21() {
     "$CONTAINERD21_DIR/usr/bin/containerd" --version >/dev/null 2>&1; then
     return 0
   fi
-  local debs="$CACHE_DIR/debs" deb="${LAZARUS_CONTAINERD21_DEB:-}"
+  local debs="$CACHE_DIR/debs" deb="${LAZARUS_CONTAINERD21_DEB:-}" f
   mkdir -p "$debs" "$CACHE_DIR/apt-sid"
   if [ -z "$deb" ]; then
-    deb=$(ls -1 "$debs"/containerd_2.1.*_amd64.deb 2>/dev/null | tail -1 || true)
+    # A cached download; the glob sorts, so the last one is the newest.
+    for f in "$debs"/containerd_2.1.*_amd64.deb; do
+      [ -f "$f" ] && deb=$f
+    done
   fi
   if [ -z "$deb" ]; then
     log "containerd 2.1: downloading the .deb from Debian sid"
@@ -366,7 +377,10 @@ ensure_containerd21() {
       die "apt-get update for sid failed; see $LOG_DIR/apt.log"
     (cd "$debs" && private_apt sid -q download containerd) >>"$LOG_DIR/apt.log" 2>&1 ||
       die "apt-get download containerd (sid) failed; see $LOG_DIR/apt.log"
-    deb=$(ls -1t "$debs"/containerd_*_amd64.deb | head -1)
+    for f in "$debs"/containerd_*_amd64.deb; do
+      [ -f "$f" ] && deb=$f
+    done
+    [ -n "$deb" ] || die "apt-get download containerd left no .deb in $debs"
   fi
   local version
   version=$(dpkg-deb -f "$deb" Version)
@@ -556,16 +570,21 @@ kill_leftover_workloads() {
 
 # Unmount everything below our directories (rootfs overlays, /dev/shm of
 # pods, network namespaces), deepest first.
+our_mounts() {
+  awk -v run="$RUN_DIR" -v lib="$LIB_DIR" '
+    index($5, run "/") == 1 || $5 == run || index($5, lib "/") == 1 || $5 == lib { print $5 }' \
+    /proc/self/mountinfo | sort -r
+}
+
 unmount_all() {
   local mp left
-  for mp in $(awk -v run="$RUN_DIR" -v lib="$LIB_DIR" '
-      index($5, run "/") == 1 || $5 == run || index($5, lib "/") == 1 || $5 == lib { print $5 }' \
-      /proc/self/mountinfo | sort -r); do
+  while read -r mp; do
+    [ -n "$mp" ] || continue
     umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || warn "cannot unmount $mp"
-  done
-  left=$(awk -v run="$RUN_DIR" -v lib="$LIB_DIR" '
-      index($5, run "/") == 1 || $5 == run || index($5, lib "/") == 1 || $5 == lib { print $5 }' \
-      /proc/self/mountinfo)
+  done <<EOF
+$(our_mounts)
+EOF
+  left=$(our_mounts)
   [ -z "$left" ] || die "still mounted, refusing to delete: $left"
 }
 

@@ -163,8 +163,11 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
     ensure!(found.repo_tags.contains(&image), "ImageStatus tags {:?}", found.repo_tags);
     ensure!(found.size > 0, "ImageStatus size 0");
     transcript.push(format!("ImageStatus: {} size>0", found.id));
-    let images = cri.image.list_images(v1::ListImagesRequest { filter: None }).await?.into_inner();
-    let direct_images = direct.image.list_images(v1::ListImagesRequest { filter: None }).await?.into_inner();
+    // containerd lists images in map order: compare them sorted.
+    let mut images = cri.image.list_images(v1::ListImagesRequest { filter: None }).await?.into_inner();
+    let mut direct_images = direct.image.list_images(v1::ListImagesRequest { filter: None }).await?.into_inner();
+    images.images.sort_by(|a, b| a.id.cmp(&b.id));
+    direct_images.images.sort_by(|a, b| a.id.cmp(&b.id));
     ensure!(images == direct_images, "ListImages differs");
     ensure!(images.images.iter().any(|i| i.id == found.id), "ListImages lacks the pulled image");
     transcript.push("ListImages: has the pulled image".into());
