@@ -252,7 +252,6 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 pub fn channel(socket: &Path) -> Result<Channel> {
     Ok(Endpoint::from_shared(format!("unix://{}", socket.display()))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
         .connect_lazy())
 }
 

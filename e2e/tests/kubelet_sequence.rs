@@ -16,40 +16,100 @@ const NAMESPACE: &str = "lazarus-e2e";
 const COUNTER: &str =
     "trap 'echo terminated; exit 143' TERM; i=0; while true; do echo count $i; i=$((i+1)); sleep 1; done";
 
-/// Collects container events from GetContainerEvents until told to stop.
+/// Watches GetContainerEvents in the background, as kubelet's evented PLEG
+/// does. containerd sends the stream's response headers only with the first
+/// event, so opening the stream must not block the caller.
 struct EventWatch {
-    stop: oneshot::Sender<()>,
-    events: Arc<Mutex<Vec<v1::ContainerEventResponse>>>,
+    stop: Option<oneshot::Sender<()>>,
+    state: Arc<Mutex<WatchState>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// Set when the call failed (e.g. UNIMPLEMENTED on containerd 1.6).
+    failed: Option<tonic::Status>,
+    events: Vec<v1::ContainerEventResponse>,
 }
 
 impl EventWatch {
-    /// Event names seen so far for one container.
-    fn seen(&self, container_id: &str) -> Vec<&'static str> {
-        let events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        events.iter().filter(|e| e.container_id == container_id).map(|e| event_name(e.container_event_type)).collect()
+    fn start(cri: &Cri) -> EventWatch {
+        let mut cri = cri.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let state = Arc::new(Mutex::new(WatchState::default()));
+        let sink = state.clone();
+        tokio::spawn(async move {
+            let mut stream = tokio::select! {
+                _ = &mut stopped => return,
+                opened = cri.runtime.get_container_events(v1::GetEventsRequest {}) => match opened {
+                    Ok(response) => response.into_inner(),
+                    Err(status) => {
+                        lock(&sink).failed = Some(status);
+                        return;
+                    }
+                },
+            };
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    next = stream.message() => match next {
+                        Ok(Some(event)) => lock(&sink).events.push(event),
+                        Ok(None) => break,
+                        Err(status) => {
+                            lock(&sink).failed = Some(status);
+                            break;
+                        }
+                    },
+                }
+            }
+        });
+        EventWatch { stop: Some(stop), state }
+    }
+
+    /// The failure, or the event names seen so far for one container.
+    fn outcome(&self, container_id: &str) -> Result<Vec<&'static str>, tonic::Status> {
+        let state = lock(&self.state);
+        if let Some(status) = &state.failed {
+            return Err(status.clone());
+        }
+        Ok(state
+            .events
+            .iter()
+            .filter(|e| e.container_id == container_id)
+            .map(|e| event_name(e.container_event_type))
+            .collect())
+    }
+
+    /// Waits until the call failed or all four lifecycle events of the
+    /// container arrived; returns a normalized description.
+    async fn settle(mut self, container_id: &str) -> Result<String> {
+        const ALL: [&str; 4] = ["created", "started", "stopped", "deleted"];
+        let outcome = wait_for(Duration::from_secs(15), "container events", || {
+            let outcome = self.outcome(container_id);
+            async move {
+                match outcome {
+                    Err(status) => Some(Err(status)),
+                    Ok(seen) if ALL.iter().all(|e| seen.contains(e)) => Some(Ok(seen)),
+                    Ok(_) => None,
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("GetContainerEvents: saw only {:?}", self.outcome(container_id)))?;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match outcome {
+            Err(status) => Ok(format!("{:?} {}", status.code(), status.message())),
+            Ok(seen) => {
+                ensure!(seen.first() == Some(&"created"), "events out of order: {seen:?}");
+                Ok("created, started, stopped, deleted".to_owned())
+            }
+        }
     }
 }
 
-async fn watch_events(cri: &mut Cri) -> Result<Result<EventWatch, tonic::Status>> {
-    let mut stream = match cri.runtime.get_container_events(v1::GetEventsRequest {}).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return Ok(Err(status)),
-    };
-    let (stop, mut stopped) = oneshot::channel::<()>();
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = events.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = &mut stopped => break,
-                next = stream.message() => match next {
-                    Ok(Some(event)) => sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event),
-                    _ => break,
-                },
-            }
-        }
-    });
-    Ok(Ok(EventWatch { stop, events }))
+fn lock(state: &Mutex<WatchState>) -> std::sync::MutexGuard<'_, WatchState> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn event_name(t: i32) -> &'static str {
@@ -89,21 +149,8 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
     ));
 
     // The event stream kubelet's evented PLEG keeps open.
-    let events = watch_events(cri).await?;
-    let direct_events = watch_events(direct).await?;
-    match (&events, &direct_events) {
-        (Ok(_), Ok(_)) => transcript.push("GetContainerEvents: streaming".into()),
-        (Err(a), Err(b)) => {
-            ensure!(a.code() == b.code() && a.message() == b.message(), "GetContainerEvents: {a:?} vs {b:?}");
-            transcript.push(format!("GetContainerEvents: {:?} {}", a.code(), a.message()));
-        }
-        _ => {
-            anyhow::bail!("GetContainerEvents: through proxy {:?}, direct {:?}", events.is_ok(), direct_events.is_ok())
-        }
-    }
-    if let Ok(watch) = direct_events {
-        let _ = watch.stop.send(());
-    }
+    let events = EventWatch::start(cri);
+    let direct_events = EventWatch::start(direct);
 
     // Pod.
     let pod = pod_config(POD, NAMESPACE, log_dir, &[("example.com/note", "kubelet sequence")]);
@@ -248,18 +295,10 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
     cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: container_id.clone() }).await?;
     transcript.push("RemoveContainer: ok".into());
 
-    if let Ok(watch) = events {
-        let expected = ["created", "started", "stopped", "deleted"];
-        let seen = wait_for(Duration::from_secs(15), "container events", || {
-            let seen = watch.seen(&container_id);
-            async move { expected.iter().all(|e| seen.contains(e)).then_some(seen) }
-        })
-        .await
-        .with_context(|| format!("GetContainerEvents: saw only {:?}", watch.seen(&container_id)))?;
-        let _ = watch.stop.send(());
-        ensure!(seen.first() == Some(&"created"), "events out of order: {seen:?}");
-        transcript.push("GetContainerEvents: created, started, stopped, deleted".into());
-    }
+    let through = events.settle(&container_id).await?;
+    let reference = direct_events.settle(&container_id).await?;
+    ensure!(through == reference, "GetContainerEvents: {through:?} through lazarus, {reference:?} direct");
+    transcript.push(format!("GetContainerEvents: {through}"));
 
     cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
     cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
