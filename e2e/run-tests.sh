@@ -13,8 +13,15 @@ require_cargo
 flavors=${LAZARUS_E2E_FLAVORS:-1.6 2.1}
 started=$(date +%s)
 
+results=$(mktemp)
+# cargo test, with its output kept to add up the counts at the end.
+run_cargo_test() {
+    cargo test "$@" 2>&1 | tee -a "$results"
+    return "${PIPESTATUS[0]}"
+}
+
 teardown() { [ "${LAZARUS_KEEP_TESTBED:-0}" = 1 ] || bash e2e/testbed/testbed.sh down >/dev/null 2>&1 || true; }
-trap teardown EXIT
+trap 'teardown; rm -f "$results"' EXIT
 
 first=${flavors%% *}
 step "test bed up (containerd $first)"
@@ -26,7 +33,7 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "unit and integration tests"
-cargo test --workspace --exclude lazarus-e2e
+run_cargo_test --workspace --exclude lazarus-e2e
 
 for flavor in $flavors; do
     if [ "$flavor" != "$first" ]; then
@@ -34,6 +41,8 @@ for flavor in $flavors; do
         bash e2e/testbed/testbed.sh up --containerd "$flavor"
     fi
     step "end-to-end tests against containerd $flavor"
-    cargo test -p lazarus-e2e -- --test-threads=1
+    run_cargo_test -p lazarus-e2e -- --test-threads=1
 done
 step "all tests passed in $(( $(date +%s) - started )) s (containerd: $flavors)"
+# One closing line over every cargo test run above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "summary: %d passed, %d failed\n", p, f }' "$results"

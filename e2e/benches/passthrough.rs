@@ -155,37 +155,68 @@ async fn main() -> Result<()> {
     }
     let container_id: Arc<str> = container_id.into();
 
+    // A plain byte relay (socat) as the floor of what any userspace hop
+    // costs on this machine: the same wake-ups, no HTTP/2 at all.
+    let relay = start_socat_relay(dir.path(), &containerd);
+    let relayed = match &relay {
+        Some((_, socket)) => Some(connect_many(socket)?),
+        None => None,
+    };
+
     println!(
-        "lazarus passthrough benchmark: containerd {} ({}), {calls} calls per cell and side, {ROUNDS} interleaved rounds\n",
+        "lazarus passthrough benchmark: containerd {} ({}), {calls} calls per cell and side, {ROUNDS} interleaved rounds{}\n",
         bed.var("CONTAINERD_VERSION").unwrap_or("?"),
-        containerd.display()
+        containerd.display(),
+        if relay.is_some() {
+            "; socat = a plain unix-socket byte relay, the floor of any proxy hop"
+        } else {
+            "; socat not installed, no relay floor"
+        }
     );
     println!(
-        "| call | clients | direct p50 µs | proxy p50 µs | added p50 µs | direct p99 µs | proxy p99 µs | added p99 µs | throughput proxy/direct |"
+        "| call | clients | direct p50 µs | lazarus p50 µs (added) | socat p50 µs (added) | direct p99 µs | lazarus p99 µs (added) | socat p99 µs (added) | throughput lazarus/direct | throughput socat/direct |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let cpu_before = cpu_ticks(lazarus.pid())?;
+    let mut lazarus_calls = 0usize;
     for call in [Call::Version, Call::ListContainers, Call::ContainerStatus] {
         for clients in [1, CONCURRENT_CLIENTS] {
-            // Warm-up both sides.
-            run(&direct[..clients], call, 200.max(clients), &container_id).await?;
-            run(&proxied[..clients], call, 200.max(clients), &container_id).await?;
-            let (mut d, mut p) = (Side::new(), Side::new());
+            let warm = 200.max(clients);
+            run(&direct[..clients], call, warm, &container_id).await?;
+            run(&proxied[..clients], call, warm, &container_id).await?;
+            if let Some(relayed) = &relayed {
+                run(&relayed[..clients], call, warm, &container_id).await?;
+            }
+            let (mut d, mut p, mut r) = (Side::new(), Side::new(), Side::new());
             let per_round = (calls / ROUNDS).max(clients);
             for _ in 0..ROUNDS {
                 d.add(run(&direct[..clients], call, per_round, &container_id).await?);
                 p.add(run(&proxied[..clients], call, per_round, &container_id).await?);
+                if let Some(relayed) = &relayed {
+                    r.add(run(&relayed[..clients], call, per_round, &container_id).await?);
+                }
             }
+            lazarus_calls += p.latencies.len() + warm;
             let (d50, d99, dt) = d.stats();
             let (p50, p99, pt) = p.stats();
+            let (r50, r99, rt) = if relayed.is_some() { r.stats() } else { (f64::NAN, f64::NAN, f64::NAN) };
             println!(
-                "| {} | {clients} | {d50:.0} | {p50:.0} | {:.0} | {d99:.0} | {p99:.0} | {:.0} | {:.3} ({pt:.0}/s vs {dt:.0}/s) |",
+                "| {} | {clients} | {d50:.0} | {p50:.0} ({:+.0}) | {r50:.0} ({:+.0}) | {d99:.0} | {p99:.0} ({:+.0}) | {r99:.0} ({:+.0}) | {:.2} | {:.2} |",
                 call.name(),
                 p50 - d50,
+                r50 - d50,
                 p99 - d99,
-                pt / dt
+                r99 - d99,
+                pt / dt,
+                rt / dt,
             );
         }
     }
+    let cpu_after = cpu_ticks(lazarus.pid())?;
+    println!(
+        "\nlazarus CPU: {:.1} µs per call (user+system, over {lazarus_calls} calls)",
+        (cpu_after - cpu_before) as f64 * 1e6 / clock_ticks_per_second() / lazarus_calls as f64
+    );
 
     let rss_before = lazarus.rss_kib()?;
     let started = Instant::now();
@@ -198,5 +229,50 @@ async fn main() -> Result<()> {
 
     setup.sweep_test_pods().await?;
     lazarus.terminate()?;
+    drop(relay);
     Ok(())
+}
+
+/// The socat process; killed when dropped, also on error paths.
+struct Relay(std::process::Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_socat_relay(dir: &std::path::Path, upstream: &std::path::Path) -> Option<(Relay, std::path::PathBuf)> {
+    let socket = dir.join("socat.sock");
+    let child = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork,backlog=128", socket.display()))
+        .arg(format!("UNIX-CONNECT:{}", upstream.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let child = Relay(child);
+    for _ in 0..100 {
+        if socket.exists() {
+            return Some((child, socket));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after the comm field they are at 11 and 12.
+    Ok(fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // sysconf(_SC_CLK_TCK); 100 on every Linux the project runs on.
+    100.0
 }

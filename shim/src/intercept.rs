@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use lazarus_proto::v1;
 use prost::Message;
 use tonic::body::Body;
@@ -86,21 +86,7 @@ impl<M: Message + Default> UnaryCall<M> {
     {
         let (parts, body) = request.into_parts();
         let method = parts.uri.path().to_owned();
-        let raw = Limited::new(body, MAX_MESSAGE_SIZE + grpc_frame::HEADER_LEN)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ProxyError::MessageTooLarge {
-                        method: method.clone(),
-                        size: MAX_MESSAGE_SIZE + 1,
-                        limit: MAX_MESSAGE_SIZE,
-                    }
-                } else {
-                    ProxyError::RequestBody { method: method.clone(), reason: chain(&*e) }
-                }
-            })?
-            .to_bytes();
+        let raw = read_body(&method, body).await?;
         let message = decode(&method, "request", &raw)?;
         Ok(UnaryCall { parts, raw, message })
     }
@@ -113,8 +99,7 @@ impl<M: Message + Default> UnaryCall<M> {
     /// Forwards the original bytes upstream and reads the response.
     pub async fn forward<R: Message + Default>(self, upstream: &Upstream) -> Result<UnaryResponse<R>, ProxyError> {
         let method = self.parts.uri.path().to_owned();
-        let request = http::Request::from_parts(self.parts, Body::new(Full::new(self.raw)));
-        let response = upstream.forward(request).await?;
+        let response = upstream.forward(self.parts, self.raw).await?;
         let (parts, body) = response.into_parts();
         let collected = body.collect().await.map_err(|status| ProxyError::UpstreamUnavailable {
             upstream: upstream.name().into(),
@@ -127,6 +112,30 @@ impl<M: Message + Default> UnaryCall<M> {
         let message = if raw.is_empty() { None } else { decode(&method, "response", &raw)? };
         Ok(UnaryResponse { parts, raw, trailers, message })
     }
+}
+
+/// Reads a whole request body: one gRPC message, at most kubelet's 16 MiB
+/// (the CRI has no client-streaming methods).
+pub async fn read_body<B>(method: &str, body: B) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Ok(Limited::new(body, MAX_MESSAGE_SIZE + grpc_frame::HEADER_LEN)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ProxyError::MessageTooLarge {
+                    method: method.to_owned(),
+                    size: MAX_MESSAGE_SIZE + 1,
+                    limit: MAX_MESSAGE_SIZE,
+                }
+            } else {
+                ProxyError::RequestBody { method: method.to_owned(), reason: chain(&*e) }
+            }
+        })?
+        .to_bytes())
 }
 
 /// A unary response read whole.
@@ -196,6 +205,7 @@ impl http_body::Body for Buffered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
 
     #[test]
     fn only_known_paths_are_intercepted() {

@@ -1,5 +1,7 @@
 //! `tracing` set-up: plain text for people, JSON for log pipelines.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Output format of the daemon's logs (stderr).
@@ -28,7 +30,10 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
 /// Installs the global subscriber. Later calls are ignored (tests).
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let result = match settings.format {
         LogFormat::Plain => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),

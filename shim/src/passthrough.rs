@@ -5,6 +5,7 @@
 //! and streaming responses go through as they are. Methods lazarus has never
 //! heard of are forwarded too.
 
+use bytes::Bytes;
 use tonic::body::Body;
 
 use crate::error::ProxyError;
@@ -13,8 +14,10 @@ use crate::upstream::Upstream;
 /// Forwards `request` to the upstream unchanged.
 pub async fn forward<B>(upstream: &Upstream, request: http::Request<B>) -> Result<http::Response<Body>, ProxyError>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    upstream.forward(request.map(Body::new)).await
+    let (head, body) = request.into_parts();
+    let body = crate::intercept::read_body(head.uri.path(), body).await?;
+    upstream.forward(head, body).await
 }

@@ -1,73 +1,226 @@
 //! The connection to the runtime lazarus fronts (containerd).
 //!
-//! One lazily connected HTTP/2 channel, shared by all calls. When the runtime
-//! is down a call fails at once with `UNAVAILABLE`; the next call dials again,
-//! so lazarus follows containerd restarts without restarting itself.
+//! One HTTP/2 connection, shared by all calls and dialled lazily. When the
+//! runtime is down a call fails at once with `UNAVAILABLE`; the next call
+//! dials again, so lazarus follows containerd restarts without restarting
+//! itself.
+//!
+//! The `h2` crate is used directly: a CRI request is always one message
+//! (the CRI has no client-streaming methods), so lazarus queues its headers
+//! and its data together and they leave in one write — with hyper's client
+//! they leave in two, each waking containerd. Responses stream through as
+//! they arrive (server-streaming methods such as `GetContainerEvents`).
 
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use h2::RecvStream;
+use h2::client::SendRequest;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http_body::{Body as HttpBody, Frame};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
-use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::error::{ProxyError, chain};
 
+/// HTTP/2 receive window per stream and connection: large enough that a
+/// 16 MiB CRI message does not stall on window updates.
+const RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Where the upstream listens.
+#[derive(Debug, Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
 /// The upstream runtime endpoint.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     name: Arc<str>,
-    channel: Channel,
+    target: Target,
+    authority: Authority,
+    connect_timeout: Duration,
+    /// The open connection, if any.
+    connection: Mutex<Option<Connection>>,
+    /// Serializes dialling so a burst of calls opens one connection.
+    dialling: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends.
+    closed: Arc<AtomicBool>,
 }
 
 impl Upstream {
-    /// Prepares (but does not dial) the channel to `config.upstream`.
+    /// Prepares (but does not dial) the connection to `config.upstream`.
     pub fn new(config: &Config) -> Result<Self, ProxyError> {
-        let unavailable =
-            |reason: String| ProxyError::UpstreamUnavailable { upstream: config.upstream.as_str().into(), reason };
-        let endpoint = Endpoint::from_shared(config.upstream.clone())
-            .map_err(|e| unavailable(chain(&e)))?
-            .connect_timeout(config.upstream_connect_timeout)
-            .tcp_nodelay(true);
-        Ok(Upstream { name: config.upstream.as_str().into(), channel: endpoint.connect_lazy() })
+        let name: Arc<str> = config.upstream.as_str().into();
+        let invalid = |reason: String| ProxyError::UpstreamUnavailable { upstream: name.clone(), reason };
+        let (target, authority) = if let Some(path) = config.upstream.strip_prefix("unix://") {
+            (Target::Unix(PathBuf::from(path)), Authority::from_static("localhost"))
+        } else {
+            let uri: http::Uri = config.upstream.parse().map_err(|e| invalid(chain(&e)))?;
+            let authority = uri.authority().cloned().ok_or_else(|| invalid("no host:port".into()))?;
+            let port = authority.port_u16().unwrap_or(80);
+            (Target::Tcp(format!("{}:{port}", authority.host())), authority)
+        };
+        Ok(Upstream {
+            inner: Arc::new(Inner {
+                name,
+                target,
+                authority,
+                connect_timeout: config.upstream_connect_timeout,
+                connection: Mutex::new(None),
+                dialling: tokio::sync::Mutex::new(()),
+            }),
+        })
     }
 
     /// The endpoint, as configured.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
-    /// A client for the decoded CRI runtime service on the same channel.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    fn unavailable(&self, reason: String) -> ProxyError {
+        ProxyError::UpstreamUnavailable { upstream: self.inner.name.clone(), reason }
     }
 
-    /// Sends one HTTP/2 gRPC request upstream, bytes untouched. A transport
-    /// failure becomes [`ProxyError::UpstreamUnavailable`]; a failure while the
-    /// response body streams ends the stream with an `UNAVAILABLE` status.
-    pub async fn forward(&self, request: http::Request<Body>) -> Result<http::Response<Body>, ProxyError> {
-        let response = self
-            .channel
-            .clone()
-            .oneshot(request)
+    fn open_connection(&self) -> Option<Connection> {
+        let guard = self.inner.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().filter(|c| !c.closed.load(Ordering::Acquire)).cloned()
+    }
+
+    /// The open connection, or a new one.
+    async fn connection(&self) -> Result<Connection, ProxyError> {
+        if let Some(connection) = self.open_connection() {
+            return Ok(connection);
+        }
+        let _dialling = self.inner.dialling.lock().await;
+        if let Some(connection) = self.open_connection() {
+            return Ok(connection);
+        }
+        let connection = tokio::time::timeout(self.inner.connect_timeout, self.dial())
             .await
-            .map_err(|e| ProxyError::UpstreamUnavailable { upstream: self.name.clone(), reason: chain(&e) })?;
-        let upstream = self.name.clone();
-        Ok(response.map(|body| Body::new(UpstreamBody { inner: body, upstream, finished: false })))
+            .map_err(|_| self.unavailable(format!("connecting timed out after {:?}", self.inner.connect_timeout)))??;
+        *self.inner.connection.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
+        tracing::info!(upstream = %self.inner.name, "connected to the upstream runtime");
+        Ok(connection)
+    }
+
+    async fn dial(&self) -> Result<Connection, ProxyError> {
+        let dial_error = |e: std::io::Error| self.unavailable(format!("connecting: {e}"));
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(RECEIVE_WINDOW).initial_connection_window_size(RECEIVE_WINDOW);
+        let closed = Arc::new(AtomicBool::new(false));
+        let sender = match &self.inner.target {
+            Target::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await.map_err(dial_error)?;
+                let (sender, connection) = builder.handshake(stream).await.map_err(|e| self.unavailable(chain(&e)))?;
+                self.drive(connection, closed.clone());
+                sender
+            }
+            Target::Tcp(address) => {
+                let stream = tokio::net::TcpStream::connect(address).await.map_err(dial_error)?;
+                stream.set_nodelay(true).map_err(dial_error)?;
+                let (sender, connection) = builder.handshake(stream).await.map_err(|e| self.unavailable(chain(&e)))?;
+                self.drive(connection, closed.clone());
+                sender
+            }
+        };
+        Ok(Connection { sender, closed })
+    }
+
+    /// Runs the connection's I/O until it ends, then marks it closed.
+    fn drive<T>(&self, connection: h2::client::Connection<T, Bytes>, closed: Arc<AtomicBool>)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let name = self.inner.name.clone();
+        tokio::spawn(async move {
+            let result = connection.await;
+            closed.store(true, Ordering::Release);
+            match result {
+                Ok(()) => tracing::info!(upstream = %name, "upstream connection closed"),
+                Err(e) => tracing::warn!(upstream = %name, error = %chain(&e), "upstream connection lost"),
+            }
+        });
+    }
+
+    /// Sends one unary gRPC request (`head` and the whole `body`) upstream,
+    /// bytes untouched, and returns the response as it streams back. A
+    /// transport failure becomes [`ProxyError::UpstreamUnavailable`]; one
+    /// while the response streams ends it with an `UNAVAILABLE` status.
+    pub async fn forward(&self, head: http::request::Parts, body: Bytes) -> Result<http::Response<Body>, ProxyError> {
+        let mut request = http::Request::from_parts(head, ());
+        let mut uri = std::mem::take(request.uri_mut()).into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(self.inner.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = http::Uri::from_parts(uri).map_err(|e| self.unavailable(chain(&e)))?;
+        *request.version_mut() = http::Version::HTTP_2;
+
+        let connection = self.connection().await?;
+        let lost = |e: h2::Error| {
+            if e.is_io() || e.is_go_away() {
+                connection.closed.store(true, Ordering::Release);
+            }
+            self.unavailable(chain(&e))
+        };
+        let mut sender = connection.sender.clone().ready().await.map_err(lost)?;
+        let end_of_stream = body.is_empty();
+        let (response, mut stream) = sender.send_request(request, end_of_stream).map_err(lost)?;
+        if !end_of_stream {
+            // Queued with the headers: both go out in the connection's next write.
+            stream.send_data(body, true).map_err(lost)?;
+        }
+        let response = response.await.map_err(lost)?;
+        let upstream = self.inner.name.clone();
+        Ok(response.map(|recv| Body::new(UpstreamBody { recv, upstream, state: BodyState::Data })))
     }
 }
 
-/// A response body from upstream whose transport errors end the call with a
-/// proper gRPC status instead of a reset stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// A response body streaming from upstream. Flow-control capacity is handed
+/// back as data is passed on; a transport error ends the call with a proper
+/// gRPC status in trailers instead of a reset stream.
 struct UpstreamBody {
-    inner: Body,
+    recv: RecvStream,
     upstream: Arc<str>,
-    finished: bool,
+    state: BodyState,
+}
+
+impl UpstreamBody {
+    fn lost(&mut self, e: &h2::Error) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.state = BodyState::Done;
+        let status = Status::from(ProxyError::UpstreamUnavailable {
+            upstream: self.upstream.clone(),
+            reason: format!("connection lost mid-call: {}", chain(e)),
+        });
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(status.add_header(&mut trailers).map(|()| Frame::trailers(trailers))))
+    }
 }
 
 impl HttpBody for UpstreamBody {
@@ -75,28 +228,33 @@ impl HttpBody for UpstreamBody {
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Err(status)) => {
-                self.finished = true;
-                let status = Status::from(ProxyError::UpstreamUnavailable {
-                    upstream: self.upstream.clone(),
-                    reason: format!("connection lost mid-call: {}", status.message()),
-                });
-                let mut trailers = http::HeaderMap::new();
-                Poll::Ready(Some(status.add_header(&mut trailers).map(|()| Frame::trailers(trailers))))
+        loop {
+            match self.state {
+                BodyState::Data => match self.recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(data))) => {
+                        let _ = self.recv.flow_control().release_capacity(data.len());
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Poll::Ready(Some(Err(e))) => return self.lost(&e),
+                    Poll::Ready(None) => self.state = BodyState::Trailers,
+                    Poll::Pending => return Poll::Pending,
+                },
+                BodyState::Trailers => {
+                    return match self.recv.poll_trailers(cx) {
+                        Poll::Ready(Ok(trailers)) => {
+                            self.state = BodyState::Done;
+                            Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+                        }
+                        Poll::Ready(Err(e)) => self.lost(&e),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                BodyState::Done => return Poll::Ready(None),
             }
-            other => Poll::Ready(other),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.state == BodyState::Done
     }
 }
