@@ -125,33 +125,13 @@ async fn main() -> Result<()> {
     let mut setup = direct[0].clone();
     setup.sweep_test_pods().await?;
     let pod = pod_config("bench", "lazarus-e2e", &dir.path().join("pods"), &[]);
-    let pod_id = setup
-        .runtime
-        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = setup.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
-    setup
-        .image
-        .pull_image(v1::PullImageRequest {
-            image: Some(v1::ImageSpec { image: image.clone(), ..Default::default() }),
-            auth: None,
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?;
+    setup.pull(&image, &pod).await?;
     let mut container_id = String::new();
     for i in 0..CONTAINERS {
-        container_id = setup
-            .runtime
-            .create_container(v1::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config(&format!("c{i}"), &image, &["/bin/sleep", "3600"])),
-                sandbox_config: Some(pod.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
+        let config = container_config(&format!("c{i}"), &image, &["/bin/sleep", "3600"]);
+        container_id = setup.create_container(&pod_id, config, &pod).await?;
     }
     let container_id: Arc<str> = container_id.into();
 

@@ -278,6 +278,47 @@ impl Cri {
         })
     }
 
+    /// RunPodSandbox with the default runtime handler; returns the pod id.
+    pub async fn run_pod(&mut self, config: &v1::PodSandboxConfig) -> Result<String> {
+        let request = v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+        let id = self.runtime.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id;
+        ensure!(!id.is_empty(), "RunPodSandbox returned no id");
+        Ok(id)
+    }
+
+    /// PullImage for a pod; returns the image reference (`sha256:…`).
+    pub async fn pull(&mut self, image: &str, pod: &v1::PodSandboxConfig) -> Result<String> {
+        let request = v1::PullImageRequest {
+            image: Some(v1::ImageSpec { image: image.to_owned(), ..Default::default() }),
+            auth: None,
+            sandbox_config: Some(pod.clone()),
+        };
+        Ok(self.image.pull_image(request).await?.into_inner().image_ref)
+    }
+
+    /// CreateContainer in a pod; returns the container id.
+    pub async fn create_container(
+        &mut self,
+        pod_id: &str,
+        config: v1::ContainerConfig,
+        pod: &v1::PodSandboxConfig,
+    ) -> Result<String> {
+        let request = v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        let id = self.runtime.create_container(request).await?.into_inner().container_id;
+        ensure!(!id.is_empty(), "CreateContainer returned no id");
+        Ok(id)
+    }
+
+    /// ContainerStatus (not verbose).
+    pub async fn container_status(&mut self, container_id: &str) -> Result<v1::ContainerStatus> {
+        let request = v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: false };
+        self.runtime.container_status(request).await?.into_inner().status.context("ContainerStatus without a status")
+    }
+
     /// Stops and removes every pod carrying [`E2E_LABEL`].
     pub async fn sweep_test_pods(&mut self) -> Result<()> {
         let filter = v1::PodSandboxFilter {

@@ -154,13 +154,7 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
 
     // Pod.
     let pod = pod_config(POD, NAMESPACE, log_dir, &[("example.com/note", "kubelet sequence")]);
-    let pod_id = cri
-        .runtime
-        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    ensure!(!pod_id.is_empty(), "RunPodSandbox returned no id");
+    let pod_id = cri.run_pod(&pod).await?;
     let pod_status = cri
         .runtime
         .pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false })
@@ -182,16 +176,7 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
     ));
 
     // Image.
-    let image_ref = cri
-        .image
-        .pull_image(v1::PullImageRequest {
-            image: Some(v1::ImageSpec { image: image.clone(), ..Default::default() }),
-            auth: None,
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .image_ref;
+    let image_ref = cri.pull(&image, &pod).await?;
     ensure!(image_ref.starts_with("sha256:"), "PullImage image_ref {image_ref:?}");
     transcript.push(format!("PullImage: {image_ref}"));
     let image_spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
@@ -220,17 +205,8 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
     transcript.push("ListImages: has the pulled image".into());
 
     // Container.
-    let container_id = cri
-        .runtime
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config("counter", &image, &["/bin/sh", "-c", COUNTER])),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    ensure!(!container_id.is_empty(), "CreateContainer returned no id");
+    let container_id =
+        cri.create_container(&pod_id, container_config("counter", &image, &["/bin/sh", "-c", COUNTER]), &pod).await?;
     transcript.push("CreateContainer: ok".into());
     cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
     transcript.push("StartContainer: ok".into());

@@ -9,13 +9,7 @@ use lazarus_e2e::{Cri, LazarusProcess, Testbed, pod_config, wait_for};
 use lazarus_proto::v1;
 
 async fn run_pod(cri: &mut Cri, name: &str, log_dir: &std::path::Path) -> Result<String> {
-    let config = pod_config(name, "lazarus-e2e", log_dir, &[]);
-    Ok(cri
-        .runtime
-        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
+    cri.run_pod(&pod_config(name, "lazarus-e2e", log_dir, &[])).await
 }
 
 async fn pod_ids(cri: &mut Cri) -> Result<Vec<String>, tonic::Status> {

@@ -36,30 +36,11 @@ async fn main() -> Result<()> {
 
     let log_dir = PathBuf::from("/var/log/lazarus-demo/pods/counter");
     let pod = pod_config("counter", "demo", &log_dir, &[]);
-    let pod_id = cri
-        .runtime
-        .run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = cri.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
-    cri.image
-        .pull_image(v1::PullImageRequest {
-            image: Some(v1::ImageSpec { image: image.clone(), ..Default::default() }),
-            auth: None,
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?;
-    let container_id = cri
-        .runtime
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config("counter", &image, &["/bin/sh", "-c", COUNTER])),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
+    cri.pull(&image, &pod).await?;
+    let container_id =
+        cri.create_container(&pod_id, container_config("counter", &image, &["/bin/sh", "-c", COUNTER]), &pod).await?;
     cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
 
     let sandbox = cri
@@ -78,13 +59,7 @@ async fn main() -> Result<()> {
         async move { std::fs::read_to_string(&log_path).ok().filter(|t| t.lines().count() >= 3) }
     })
     .await?;
-    let status = cri
-        .runtime
-        .container_status(v1::ContainerStatusRequest { container_id: container_id.clone(), verbose: false })
-        .await?
-        .into_inner()
-        .status
-        .context("no container status")?;
+    let status = cri.container_status(&container_id).await?;
     println!(
         "container counter {} — {}",
         &container_id[..12],
@@ -111,13 +86,7 @@ async fn main() -> Result<()> {
     print!("exec: {}", String::from_utf8_lossy(&exec.stdout));
 
     cri.runtime.stop_container(v1::StopContainerRequest { container_id: container_id.clone(), timeout: 10 }).await?;
-    let stopped = cri
-        .runtime
-        .container_status(v1::ContainerStatusRequest { container_id: container_id.clone(), verbose: false })
-        .await?
-        .into_inner()
-        .status
-        .context("no status")?;
+    let stopped = cri.container_status(&container_id).await?;
     println!("stopped: exit code {}", stopped.exit_code);
     cri.runtime.remove_container(v1::RemoveContainerRequest { container_id }).await?;
     cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
