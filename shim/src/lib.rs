@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod containerd_api;
 pub mod duration;
 pub mod error;
 pub mod grpc_frame;

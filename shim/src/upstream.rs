@@ -195,6 +195,44 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Makes a unary gRPC call of lazarus's own (not a forwarded one) and
+    /// decodes the answer. `headers` are extra metadata, e.g.
+    /// `containerd-namespace`.
+    pub async fn unary<Req, Resp>(&self, path: &str, request: &Req, headers: &[(&'static str, &str)]) -> Result<Resp, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        use http_body_util::BodyExt;
+        let mut builder = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let (head, ()) = builder.body(()).map_err(|e| Status::internal(format!("building {path} request: {e}")))?.into_parts();
+        let body = crate::grpc_frame::encode(&request.encode_to_vec());
+        let response = self.forward(head, body).await.map_err(Status::from)?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await?;
+        let status = collected
+            .trailers()
+            .and_then(Status::from_header_map)
+            .or_else(|| Status::from_header_map(&parts.headers))
+            .unwrap_or_else(|| Status::unknown(format!("{path}: answer without grpc-status")));
+        if status.code() != tonic::Code::Ok {
+            return Err(status);
+        }
+        let raw = collected.to_bytes();
+        let message = crate::grpc_frame::unary_message(&raw, usize::MAX)
+            .map_err(|e| Status::internal(format!("{path}: {}", e.reason())))?;
+        Resp::decode(message).map_err(|e| Status::internal(format!("{path}: decoding the response: {e}")))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyState {
     Data,
