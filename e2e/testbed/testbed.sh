@@ -82,7 +82,7 @@ DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # bookworm packages the test bed needs (the last line: CRIU build deps).
 PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
-  docker-registry protobuf-compiler curl python3 ca-certificates iproute2
+  docker-registry protobuf-compiler curl python3 ca-certificates iproute2 patch
   util-linux xz-utils gcc make pkg-config
   libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libgnutls28-dev libbsd-dev libnftables-dev uuid-dev"
@@ -312,28 +312,37 @@ fetch_criu_tarball() {
     die "$tarball has the wrong sha256 (expected $CRIU_SHA256)"
 }
 
+# Our CRIU build: Debian's 4.1.1 source plus the patches in patches/ (see
+# patches/README.md). A stamp records which source and patches the installed
+# binary was built from, so a changed patch set rebuilds it.
+criu_stamp() {
+  {
+    echo "$CRIU_SHA256"
+    cat "$TESTBED_DIR"/patches/criu-"$CRIU_VERSION"-*.patch 2>/dev/null
+  } | sha256sum | cut -d' ' -f1
+}
+
 ensure_criu() {
-  local candidate version
-  for candidate in "$(command -v criu || true)" "$CRIU_INSTALL"; do
-    if [ -z "$candidate" ] || [ ! -x "$candidate" ]; then
-      continue
-    fi
-    version=$(criu_version_of "$candidate")
-    if [ -n "$version" ] && version_ge "$version" "$CRIU_MIN"; then
-      CRIU_BIN=$candidate
-      log "criu: $CRIU_BIN is $version"
-      check_criu
-      return 0
-    fi
-  done
-  fetch_criu_tarball
-  local build="$CACHE_DIR/criu/build" src="$CACHE_DIR/criu/build/criu-$CRIU_VERSION"
-  if [ ! -d "$src" ]; then
-    rm -rf "$build"
-    mkdir -p "$build"
-    tar -C "$build" -xJf "$CACHE_DIR/criu/$CRIU_TARBALL"
-    [ -d "$src" ] || die "$CRIU_TARBALL did not unpack into $src"
+  local version stamp_file=/usr/local/share/lazarus-testbed/criu.stamp want
+  want=$(criu_stamp)
+  if [ -x "$CRIU_INSTALL" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$want" ]; then
+    CRIU_BIN=$CRIU_INSTALL
+    log "criu: $CRIU_BIN is $(criu_version_of "$CRIU_BIN") (patched build)"
+    check_criu
+    return 0
   fi
+  fetch_criu_tarball
+  local build="$CACHE_DIR/criu/build" src="$CACHE_DIR/criu/build/criu-$CRIU_VERSION" patch
+  # Always from a fresh unpack, so patches apply to pristine sources.
+  rm -rf "$build"
+  mkdir -p "$build"
+  tar -C "$build" -xJf "$CACHE_DIR/criu/$CRIU_TARBALL"
+  [ -d "$src" ] || die "$CRIU_TARBALL did not unpack into $src"
+  for patch in "$TESTBED_DIR"/patches/criu-"$CRIU_VERSION"-*.patch; do
+    [ -f "$patch" ] || continue
+    log "criu: applying $(basename "$patch")"
+    patch -d "$src" -p1 --quiet <"$patch" || die "applying $patch to CRIU $CRIU_VERSION failed"
+  done
   log "criu: building $CRIU_VERSION in $src (log: $LOG_DIR/criu-build.log)"
   make -C "$src" -j"$(nproc)" criu >>"$LOG_DIR/criu-build.log" 2>&1 ||
     die "building CRIU failed; see $LOG_DIR/criu-build.log"
@@ -341,7 +350,9 @@ ensure_criu() {
   CRIU_BIN=$CRIU_INSTALL
   version=$(criu_version_of "$CRIU_BIN")
   version_ge "${version:-0}" "$CRIU_MIN" || die "$CRIU_BIN reports version '${version}'"
-  log "criu: installed $CRIU_BIN ($version)"
+  mkdir -p "$(dirname "$stamp_file")"
+  echo "$want" >"$stamp_file"
+  log "criu: installed $CRIU_BIN ($version, patched)"
   check_criu
 }
 

@@ -2,10 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::checkpoint::{Checkpointer, CheckpointerConfig};
 use crate::config::{self, Config, FileConfig, Overrides};
+use crate::store::Store;
+use crate::upstream::Upstream;
 
 /// lazarus — a CRI proxy that checkpoints and restores Kubernetes containers.
 #[derive(Debug, Parser)]
@@ -21,17 +25,19 @@ pub struct Cli {
 pub enum Command {
     /// Serve the CRI on a unix socket in front of the runtime (the node daemon).
     Serve(ServeArgs),
+    /// Checkpoint a running container now; prints the new checkpoint's reference.
+    Checkpoint(CheckpointArgs),
+    /// Look at the checkpoints in the node-local store.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
 }
 
-/// `lazarus serve` flags; each overrides the config file.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+/// Settings shared by every subcommand; each overrides the config file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
     /// TOML configuration file (unknown keys are an error).
     #[arg(long, env = "LAZARUS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Unix socket kubelet connects to [default: /run/lazarus/cri.sock].
-    #[arg(long)]
-    pub listen: Option<PathBuf>,
     /// The runtime's CRI endpoint [default: unix:///run/containerd/containerd.sock].
     #[arg(long)]
     pub upstream: Option<String>,
@@ -49,9 +55,53 @@ pub struct ServeArgs {
     pub log_format: Option<String>,
 }
 
-impl ServeArgs {
-    /// The effective configuration: file (if any) overridden by flags.
-    pub fn resolve(&self) -> Result<Config, config::ConfigError> {
+/// `lazarus serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Unix socket kubelet connects to [default: /run/lazarus/cri.sock].
+    #[arg(long)]
+    pub listen: Option<PathBuf>,
+}
+
+/// `lazarus checkpoint`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// Container id, or namespace/pod/container.
+    pub container: String,
+    /// Checkpoints to keep for this container [default: the pod's lazarus.dev/checkpoint-keep, else 3].
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `lazarus checkpoints …`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointsCommand {
+    /// List checkpoints, oldest first (all, or one container's: namespace/pod/container).
+    List {
+        /// namespace/pod/container.
+        container: Option<String>,
+        /// Shared settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Show one checkpoint: metadata, sizes, CRIU freeze and dump times.
+    Inspect {
+        /// local:namespace/pod/container:tag[@digest], namespace/pod/container[:tag], or a manifest digest.
+        reference: String,
+        /// Shared settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+impl CommonArgs {
+    fn resolve(&self, listen: Option<PathBuf>) -> Result<Config, config::ConfigError> {
         let file = match &self.config {
             Some(path) => config::load(path)?,
             None => FileConfig::default(),
@@ -59,7 +109,7 @@ impl ServeArgs {
         Config::resolve(
             file,
             Overrides {
-                listen: self.listen.clone(),
+                listen,
                 upstream: self.upstream.clone(),
                 state_dir: self.state_dir.clone(),
                 run_dir: self.run_dir.clone(),
@@ -70,16 +120,24 @@ impl ServeArgs {
     }
 }
 
-/// Entry point of the binary.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(&args),
+impl ServeArgs {
+    /// The effective configuration: file (if any) overridden by flags.
+    pub fn resolve(&self) -> Result<Config, config::ConfigError> {
+        self.common.resolve(self.listen.clone())
     }
 }
 
-fn serve(args: &ServeArgs) -> ExitCode {
-    let config = match args.resolve() {
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, listen) = match &cli.command {
+        Command::Serve(args) => (&args.common, args.listen.clone()),
+        Command::Checkpoint(args) => (&args.common, None),
+        Command::Checkpoints(CheckpointsCommand::List { common, .. } | CheckpointsCommand::Inspect { common, .. }) => {
+            (common, None)
+        }
+    };
+    let config = match common.resolve(listen) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("lazarus: {e}");
@@ -94,15 +152,59 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            eprintln!("lazarus: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::server::serve(&config, crate::server::termination_signal())) {
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Serve(_) => crate::server::serve(&config, crate::server::termination_signal())
+                .await
+                .map_err(|e| format!("cannot serve: {e}")),
+            Command::Checkpoint(args) => checkpoint(&config, args).await,
+            Command::Checkpoints(CheckpointsCommand::List { container, .. }) => {
+                crate::checkpoint::listing::list(&open_store(&config)?, container.as_deref())
+            }
+            Command::Checkpoints(CheckpointsCommand::Inspect { reference, .. }) => {
+                crate::checkpoint::listing::inspect(&open_store(&config)?, reference)
+            }
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "lazarus cannot serve");
+        Err(message) => {
+            eprintln!("lazarus: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn open_store(config: &Config) -> Result<Store, String> {
+    Store::open(&config.state_dir.join("store")).map_err(|e| e.to_string())
+}
+
+/// The checkpoint engine for a configuration.
+pub fn checkpointer(config: &Config) -> Result<Checkpointer, String> {
+    let upstream = Upstream::new(config).map_err(|e| e.to_string())?;
+    let store = Arc::new(open_store(config)?);
+    Ok(Checkpointer::new(
+        upstream,
+        store,
+        CheckpointerConfig {
+            state_dir: config.state_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            max_concurrent: config.max_concurrent_checkpoints,
+            compression: config.checkpoint_compression,
+        },
+    ))
+}
+
+async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String> {
+    if args.keep == Some(0) {
+        return Err("--keep must be at least 1".into());
+    }
+    let engine = checkpointer(config)?;
+    let checkpoint = engine.checkpoint(&args.container, args.keep).await.map_err(|e| e.to_string())?;
+    println!("{}", checkpoint.reference);
+    Ok(())
 }

@@ -21,6 +21,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/lazarus";
 pub const DEFAULT_RUN_DIR: &str = "/run/lazarus";
 /// How long in-flight calls may take to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Checkpoints running at once on a node.
+pub const DEFAULT_MAX_CONCURRENT_CHECKPOINTS: usize = 2;
 /// How long connecting to the upstream may take before a call fails.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,6 +78,10 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<String>,
     /// Go-style duration a connection attempt to the upstream may take.
     pub upstream_connect_timeout: Option<String>,
+    /// Node-wide maximum of checkpoints running at once (default 2).
+    pub max_concurrent_checkpoints: Option<usize>,
+    /// Checkpoint layer compression: `zstd` (default) or `gzip`.
+    pub checkpoint_compression: Option<String>,
 }
 
 /// Values given on the command line; `Some` wins over the file.
@@ -112,6 +118,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Upstream connect timeout.
     pub upstream_connect_timeout: Duration,
+    /// Node-wide maximum of concurrent checkpoints.
+    pub max_concurrent_checkpoints: usize,
+    /// Checkpoint layer compression.
+    pub checkpoint_compression: crate::checkpoint::Compression,
 }
 
 /// Parses the text of a configuration file. `origin` names it in errors.
@@ -153,6 +163,14 @@ impl Config {
         if upstream_connect_timeout.is_zero() {
             return Err(invalid("upstream_connect_timeout", "0", "must be greater than zero"));
         }
+        let max_concurrent_checkpoints = file.max_concurrent_checkpoints.unwrap_or(DEFAULT_MAX_CONCURRENT_CHECKPOINTS);
+        if max_concurrent_checkpoints == 0 {
+            return Err(invalid("max_concurrent_checkpoints", 0, "must be at least 1"));
+        }
+        let checkpoint_compression = match file.checkpoint_compression.as_deref() {
+            None => crate::checkpoint::Compression::default(),
+            Some(text) => text.parse().map_err(|reason: String| invalid("checkpoint_compression", text, reason))?,
+        };
         Ok(Config {
             listen,
             upstream,
@@ -161,6 +179,8 @@ impl Config {
             log: LogSettings { filter, format },
             shutdown_timeout,
             upstream_connect_timeout,
+            max_concurrent_checkpoints,
+            checkpoint_compression,
         })
     }
 }
@@ -218,6 +238,24 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Plain);
         assert_eq!(c.log.filter, "info");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_concurrent_checkpoints, 2);
+        assert_eq!(c.checkpoint_compression, crate::checkpoint::Compression::Zstd);
+    }
+
+    #[test]
+    fn checkpoint_settings_are_validated() {
+        let file =
+            parse("max_concurrent_checkpoints = 4\ncheckpoint_compression = \"gzip\"\n", origin()).expect("valid");
+        let c = Config::resolve(file, Overrides::default()).expect("valid");
+        assert_eq!(c.max_concurrent_checkpoints, 4);
+        assert_eq!(c.checkpoint_compression, crate::checkpoint::Compression::Gzip);
+        for (text, key) in [
+            ("max_concurrent_checkpoints = 0", "max_concurrent_checkpoints"),
+            ("checkpoint_compression = \"lz4\"", "checkpoint_compression"),
+        ] {
+            let err = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect_err(text);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

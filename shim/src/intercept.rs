@@ -26,6 +26,9 @@ use crate::upstream::Upstream;
 pub enum Intercept {
     /// `RuntimeService/Version`: the seam's proof; observed and logged.
     Version,
+    /// `RuntimeService/StopContainer`: checkpoint first for pods annotated
+    /// `lazarus.dev/checkpoint-on-stop: "true"`.
+    StopContainer,
 }
 
 /// Which interception, if any, applies to a gRPC path. Called for every call:
@@ -33,6 +36,7 @@ pub enum Intercept {
 pub fn route(path: &str) -> Option<Intercept> {
     match path {
         "/runtime.v1.RuntimeService/Version" => Some(Intercept::Version),
+        "/runtime.v1.RuntimeService/StopContainer" => Some(Intercept::StopContainer),
         _ => None,
     }
 }
@@ -41,6 +45,7 @@ pub fn route(path: &str) -> Option<Intercept> {
 pub async fn handle<B>(
     which: Intercept,
     upstream: &Upstream,
+    checkpointer: Option<&crate::checkpoint::Checkpointer>,
     request: http::Request<B>,
 ) -> Result<http::Response<Body>, ProxyError>
 where
@@ -63,6 +68,13 @@ where
                 );
             }
             Ok(response.into_http())
+        }
+        Intercept::StopContainer => {
+            let call = UnaryCall::<v1::StopContainerRequest>::read(request).await?;
+            if let (Some(req), Some(engine)) = (&call.message, checkpointer) {
+                crate::checkpoint::on_stop::checkpoint_before_stop(engine, &req.container_id, req.timeout).await;
+            }
+            Ok(call.forward::<v1::StopContainerResponse>(upstream).await?.into_http())
         }
     }
 }

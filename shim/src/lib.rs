@@ -4,6 +4,7 @@
 //! ([`passthrough`]); the few methods lazarus acts on are decoded on the side
 //! ([`intercept`]) while their bytes still travel upstream unchanged.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod containerd_api;
@@ -15,7 +16,9 @@ pub mod listener;
 pub mod logging;
 pub mod passthrough;
 pub mod proxy;
+pub mod rootfs_diff;
 pub mod server;
+pub mod store;
 pub mod upstream;
 
 pub use config::Config;

@@ -11,12 +11,19 @@ use crate::{intercept, passthrough};
 #[derive(Debug, Clone)]
 pub struct Proxy {
     upstream: Upstream,
+    checkpointer: Option<crate::checkpoint::Checkpointer>,
 }
 
 impl Proxy {
     /// A proxy in front of `upstream`.
     pub fn new(upstream: Upstream) -> Self {
-        Proxy { upstream }
+        Proxy { upstream, checkpointer: None }
+    }
+
+    /// Enables checkpoint-on-stop with `engine`.
+    pub fn with_checkpointer(mut self, engine: crate::checkpoint::Checkpointer) -> Self {
+        self.checkpointer = Some(engine);
+        self
     }
 
     /// The upstream runtime.
@@ -32,7 +39,7 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let result = match intercept::route(request.uri().path()) {
-            Some(which) => intercept::handle(which, &self.upstream, request).await,
+            Some(which) => intercept::handle(which, &self.upstream, self.checkpointer.as_ref(), request).await,
             None => passthrough::forward(&self.upstream, request).await,
         };
         result.unwrap_or_else(status_response)

@@ -28,6 +28,9 @@ pub enum ServeError {
     /// The upstream endpoint is unusable.
     #[error(transparent)]
     Upstream(#[from] ProxyError),
+    /// The checkpoint store could not be opened.
+    #[error("opening the checkpoint store: {0}")]
+    Store(crate::store::StoreError),
     /// A state directory could not be created.
     #[error("creating directory {path}: {source}")]
     Directory {
@@ -49,8 +52,22 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
             .create(dir)
             .map_err(|source| ServeError::Directory { path: dir.clone(), source })?;
     }
-    let proxy = Proxy::new(Upstream::new(config)?);
+    let upstream = Upstream::new(config)?;
     let socket = listener::bind(&config.listen)?;
+    let store = crate::store::Store::open(&config.state_dir.join("store")).map_err(ServeError::Store)?;
+    let engine = crate::checkpoint::Checkpointer::new(
+        upstream.clone(),
+        std::sync::Arc::new(store),
+        crate::checkpoint::CheckpointerConfig {
+            state_dir: config.state_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            max_concurrent: config.max_concurrent_checkpoints,
+            compression: config.checkpoint_compression,
+        },
+    );
+    let metrics = std::sync::Arc::new(crate::checkpoint::schedule::CheckpointMetrics::default());
+    let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone(), metrics).run());
+    let proxy = Proxy::new(upstream).with_checkpointer(engine);
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream,
@@ -58,6 +75,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
         "lazarus serving the CRI"
     );
     run(socket, proxy, shutdown, config.shutdown_timeout).await;
+    scheduler.abort();
     listener::remove(&config.listen);
     tracing::info!("lazarus stopped");
     Ok(())

@@ -199,7 +199,12 @@ impl Upstream {
     /// Makes a unary gRPC call of lazarus's own (not a forwarded one) and
     /// decodes the answer. `headers` are extra metadata, e.g.
     /// `containerd-namespace`.
-    pub async fn unary<Req, Resp>(&self, path: &str, request: &Req, headers: &[(&'static str, &str)]) -> Result<Resp, Status>
+    pub async fn unary<Req, Resp>(
+        &self,
+        path: &str,
+        request: &Req,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Resp, Status>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
@@ -213,7 +218,8 @@ impl Upstream {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let (head, ()) = builder.body(()).map_err(|e| Status::internal(format!("building {path} request: {e}")))?.into_parts();
+        let (head, ()) =
+            builder.body(()).map_err(|e| Status::internal(format!("building {path} request: {e}")))?.into_parts();
         let body = crate::grpc_frame::encode(&request.encode_to_vec());
         let response = self.forward(head, body).await.map_err(Status::from)?;
         let (parts, body) = response.into_parts();

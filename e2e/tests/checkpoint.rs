@@ -1,0 +1,296 @@
+//! Checkpoints of a running stateful container (counter, file in its
+//! writable layer, a deleted image file, a listening TCP server with a
+//! connected client) through the real containerd + runc + CRIU of the test
+//! bed, taken with `lazarus checkpoint`, stored as OCI images in the local
+//! store. The container must keep running and counting throughout.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use lazarus_e2e::{Cri, Testbed, container_config, pod_config, wait_for};
+use lazarus_proto::v1;
+use sha2::{Digest, Sha256};
+
+const POD: &str = "ckpt";
+const NAMESPACE: &str = "lazarus-e2e";
+const STATEFUL: &str = "echo stateful > /data.txt; rm /bin/vi; \
+    nc -ll -p 8080 -e /bin/cat & sleep 1; (sleep 1000000 | nc 127.0.0.1 8080 >/dev/null &); \
+    i=0; while true; do echo $i > /count; echo count $i; i=$((i+1)); sleep 1; done";
+
+struct Bed {
+    bed: Testbed,
+    dir: tempfile::TempDir,
+    cri: Cri,
+}
+
+impl Bed {
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn lazarus(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(lazarus_e2e::lazarus_bin().expect("lazarus binary"));
+        cmd.args(args)
+            .arg("--upstream")
+            .arg(format!("unix://{}", self.bed.containerd_socket().expect("socket").display()))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.dir.path().join("run"));
+        cmd
+    }
+
+    /// `lazarus checkpoint …`; returns the printed reference.
+    fn checkpoint(&self, container: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec!["checkpoint", container];
+        args.extend_from_slice(extra);
+        let out = self.lazarus(&args).output()?;
+        ensure!(
+            out.status.success(),
+            "lazarus checkpoint failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    async fn count(&mut self, container_id: &str) -> Result<u64> {
+        let exec = self
+            .cri
+            .runtime
+            .exec_sync(v1::ExecSyncRequest {
+                container_id: container_id.to_owned(),
+                cmd: vec!["cat".into(), "/count".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        ensure!(exec.exit_code == 0, "cat /count: {}", String::from_utf8_lossy(&exec.stderr));
+        Ok(String::from_utf8_lossy(&exec.stdout).trim().parse()?)
+    }
+}
+
+async fn start_stateful(bed: &mut Bed) -> Result<String> {
+    bed.cri.sweep_test_pods().await?;
+    let image = bed.bed.workload_image()?.to_owned();
+    let pod = pod_config(POD, NAMESPACE, &bed.dir.path().join("pods"), &[("lazarus.dev/checkpoint-keep", "2")]);
+    let pod_id = bed.cri.run_pod(&pod).await?;
+    bed.cri.pull(&image, &pod).await?;
+    let mut config = container_config("stateful", &image, &["/bin/sh", "-c", STATEFUL]);
+    let metadata = pod.metadata.clone().context("pod metadata")?;
+    config.labels.insert("io.kubernetes.pod.name".into(), metadata.name);
+    config.labels.insert("io.kubernetes.pod.namespace".into(), metadata.namespace);
+    config.labels.insert("io.kubernetes.pod.uid".into(), metadata.uid);
+    let id = bed.cri.create_container(&pod_id, config, &pod).await?;
+    bed.cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
+    let mut cri = bed.cri.clone();
+    let probe = id.clone();
+    wait_for(Duration::from_secs(20), "the counter to reach 3", || {
+        let mut cri = cri.clone();
+        let probe = probe.clone();
+        async move {
+            let exec = cri
+                .runtime
+                .exec_sync(v1::ExecSyncRequest {
+                    container_id: probe,
+                    cmd: vec!["cat".into(), "/count".into()],
+                    timeout: 5,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            String::from_utf8_lossy(&exec.stdout).trim().parse::<u64>().ok().filter(|n| *n >= 3)
+        }
+    })
+    .await?;
+    let _ = &mut cri;
+    Ok(id)
+}
+
+/// The store's index.json, read independently of lazarus's code.
+fn index(state: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(state.join("store/index.json"))?;
+    let index: serde_json::Value = serde_json::from_str(&text)?;
+    ensure!(index["schemaVersion"] == 2, "index.json schemaVersion");
+    Ok(index["manifests"].as_array().cloned().unwrap_or_default())
+}
+
+fn blob(state: &Path, digest: &str) -> Result<Vec<u8>> {
+    let hex = digest.strip_prefix("sha256:").context("sha256 digest")?;
+    let bytes = std::fs::read(state.join("store/blobs/sha256").join(hex))?;
+    ensure!(format!("{:x}", Sha256::digest(&bytes)) == hex, "blob {digest} does not match its digest");
+    Ok(bytes)
+}
+
+/// Entries of the checkpoint layer, and the rootfs diff's entries.
+fn layer_contents(state: &Path, manifest: &serde_json::Value) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+    let layer = &manifest["layers"][0];
+    ensure!(layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd", "layer media type {layer}");
+    let compressed = blob(state, layer["digest"].as_str().context("layer digest")?)?;
+    let tar_bytes = zstd::decode_all(&compressed[..])?;
+    let mut names = Vec::new();
+    let mut diff_names = Vec::new();
+    let mut deleted = Vec::new();
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.to_string_lossy().trim_end_matches('/').to_owned();
+        if name == "rootfs-diff.tar" {
+            let mut inner = Vec::new();
+            entry.read_to_end(&mut inner)?;
+            for e in tar::Archive::new(&inner[..]).entries()? {
+                diff_names.push(e?.path()?.to_string_lossy().into_owned());
+            }
+        } else if name == "deleted.files" {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            deleted = serde_json::from_str(&text)?;
+        }
+        names.push(name);
+    }
+    Ok((names, diff_names, deleted))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_of_a_running_stateful_container() -> Result<()> {
+    let _serial = lazarus_e2e::serial().await;
+    let testbed = Testbed::load()?;
+    let cri = Cri::connect(&testbed.containerd_socket()?)?;
+    let mut bed = Bed { bed: testbed, dir: tempfile::tempdir()?, cri };
+    let id = start_stateful(&mut bed).await?;
+    let key = format!("{NAMESPACE}/{POD}/stateful");
+    let state = bed.state_dir();
+
+    // On demand, by namespace/pod/container.
+    let before = bed.count(&id).await?;
+    let reference = bed.checkpoint(&key, &[])?;
+    println!("checkpoint: {reference}");
+    ensure!(reference.starts_with(&format!("local:{key}:")) && reference.contains("@sha256:"), "reference {reference}");
+    let status = bed.cri.container_status(&id).await?;
+    ensure!(status.state == v1::ContainerState::ContainerRunning as i32, "container stopped by the checkpoint");
+    let after = wait_for(Duration::from_secs(10), "the counter to go on", || {
+        let mut bed_cri = bed.cri.clone();
+        let id = id.clone();
+        async move {
+            let exec = bed_cri
+                .runtime
+                .exec_sync(v1::ExecSyncRequest {
+                    container_id: id,
+                    cmd: vec!["cat".into(), "/count".into()],
+                    timeout: 5,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            String::from_utf8_lossy(&exec.stdout).trim().parse::<u64>().ok().filter(|n| *n > before + 1)
+        }
+    })
+    .await?;
+    println!("counter {before} before the checkpoint, {after} after");
+
+    // The image: files, annotations, verified blobs.
+    let manifests = index(&state)?;
+    ensure!(manifests.len() == 1, "one checkpoint in the store, found {}", manifests.len());
+    let digest = manifests[0]["digest"].as_str().context("digest")?.to_owned();
+    ensure!(reference.ends_with(&digest), "reference names the committed manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(&state, &digest)?)?;
+    let annotations: HashMap<String, String> = serde_json::from_value(manifest["annotations"].clone())?;
+    for (k, v) in [
+        ("org.criu.checkpoint.container.name", "stateful"),
+        ("io.kubernetes.cri-o.annotations.checkpoint.name", "stateful"),
+        ("io.podman.annotations.checkpoint.name", "stateful"),
+        ("org.criu.checkpoint.pod.name", POD),
+        ("org.criu.checkpoint.pod.namespace", NAMESPACE),
+        ("org.criu.checkpoint.engine.name", "lazarus"),
+        ("org.criu.checkpoint.runtime.name", "runc"),
+        ("org.criu.checkpoint.host.arch", "amd64"),
+    ] {
+        ensure!(annotations.get(k).map(String::as_str) == Some(v), "annotation {k}: {:?}", annotations.get(k));
+    }
+    for k in [
+        "org.criu.checkpoint.criu.version",
+        "org.criu.checkpoint.rootfsImageRef",
+        "org.criu.checkpoint.rootfsImageName",
+    ] {
+        ensure!(annotations.get(k).is_some_and(|v| !v.is_empty()), "annotation {k} missing");
+    }
+    let (names, diff, deleted) = layer_contents(&state, &manifest)?;
+    for expected in [
+        "config.dump",
+        "spec.dump",
+        "status.dump",
+        "checkpoint",
+        "rootfs-diff.tar",
+        "deleted.files",
+        "dump.log",
+        "stats-dump",
+    ] {
+        ensure!(names.iter().any(|n| n == expected), "{expected} missing from the layer: {names:?}");
+    }
+    ensure!(names.iter().any(|n| n.starts_with("checkpoint/pages-")), "no CRIU memory pages in the image");
+    ensure!(diff.iter().any(|n| n == "data.txt"), "rootfs diff lacks data.txt: {diff:?}");
+    ensure!(deleted.iter().any(|n| n == "/bin/vi"), "deleted.files lacks /bin/vi: {deleted:?}");
+
+    // Retention (the pod says keep 2), listing and inspecting.
+    let second = bed.checkpoint(&id, &[])?;
+    let third = bed.checkpoint(&id, &[])?;
+    let manifests = index(&state)?;
+    ensure!(manifests.len() == 2, "retention keeps 2, found {}", manifests.len());
+    let kept: Vec<&str> = manifests.iter().filter_map(|m| m["digest"].as_str()).collect();
+    ensure!(second.ends_with(kept[0]) && third.ends_with(kept[1]), "the two newest are kept: {kept:?}");
+    ensure!(!kept.contains(&digest.as_str()), "the oldest was removed");
+    ensure!(
+        std::fs::metadata(state.join("store/blobs/sha256").join(&digest[7..])).is_err(),
+        "its blobs were collected"
+    );
+    let list = bed.lazarus(&["checkpoints", "list", &key]).output()?;
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    ensure!(list.lines().count() == 3, "header + 2 rows:\n{list}");
+    let inspect = bed.lazarus(&["checkpoints", "inspect", &third]).output()?;
+    let inspect = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    ensure!(inspect.contains("frozen:") && inspect.contains("org.criu.checkpoint.criu.version"), "inspect:\n{inspect}");
+    println!("{list}\n{inspect}");
+
+    // A malformed request is refused with a clear error and changes nothing.
+    let out = bed.lazarus(&["checkpoint", "lazarus-e2e/no-such-pod/stateful"]).output()?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"), "unknown container");
+
+    // SIGKILL of lazarus while a checkpoint is being taken: the store keeps
+    // the previous checkpoints, the new one never appears, leftovers go away.
+    let mut child = bed.lazarus(&["checkpoint", &id]).stdout(std::process::Stdio::null()).spawn()?;
+    let staging = state.join("staging");
+    let saw_staging = wait_for(Duration::from_secs(10), "a staging directory", || {
+        let staging = staging.clone();
+        async move { std::fs::read_dir(&staging).ok().and_then(|mut d| d.next()).map(|_| ()) }
+    })
+    .await;
+    child.kill()?;
+    child.wait()?;
+    if saw_staging.is_err() {
+        bail!("the checkpoint finished before it could be killed; cannot test interruption");
+    }
+    let after_kill = index(&state)?;
+    let digests: Vec<&str> = after_kill.iter().filter_map(|m| m["digest"].as_str()).collect();
+    ensure!(digests == kept, "the store changed after SIGKILL: {digests:?} vs {kept:?}");
+    for d in &digests {
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(&state, d)?)?;
+        layer_contents(&state, &manifest)?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fourth = bed.checkpoint(&id, &[])?;
+    ensure!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) == 0, "leftover staging removed");
+    ensure!(
+        index(&state)?.last().and_then(|m| m["digest"].as_str()).is_some_and(|d| fourth.ends_with(d)),
+        "newest last"
+    );
+    let status = bed.cri.container_status(&id).await?;
+    ensure!(status.state == v1::ContainerState::ContainerRunning as i32, "container still running at the end");
+    let end = bed.count(&id).await?;
+    ensure!(end > after, "the counter kept counting: {after} → {end}");
+    bed.cri.sweep_test_pods().await?;
+    Ok(())
+}

@@ -1,0 +1,769 @@
+//! Taking one checkpoint of a running container.
+//!
+//! 1. find the container and its pod through the CRI (same socket);
+//! 2. CRIU dump through containerd's task API (`Tasks.Checkpoint`, runc
+//!    `CheckpointOptions{exit: false, open_tcp, file_locks, image_path,
+//!    work_path}`), which works on containerd 1.6, 1.7 and 2.x — the container
+//!    is frozen only for CRIU's own dump and keeps running;
+//! 3. the writable layer's changes, spec, CRI status and metadata;
+//! 4. packaged as an OCI image (after the container runs again) and
+//!    committed to the node-local store, then retention.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lazarus_proto::v1;
+use serde_json::json;
+use tonic::Status;
+
+use super::annotations::{self as ann, files};
+use super::image::{self, PackageError};
+use super::locks::{self, LockError};
+use crate::containerd_api::{self, CheckpointOptions, CheckpointTaskRequest, CheckpointTaskResponse};
+use crate::rootfs_diff;
+use crate::store::{Store, StoreError};
+use crate::upstream::Upstream;
+
+/// Layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// zstd (default).
+    #[default]
+    Zstd,
+    /// gzip, for consumers without zstd.
+    Gzip,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "zstd" => Ok(Compression::Zstd),
+            "gzip" => Ok(Compression::Gzip),
+            other => Err(format!("unknown compression {other:?}: expected \"zstd\" or \"gzip\"")),
+        }
+    }
+}
+
+/// What went wrong while checkpointing one container.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// No such container.
+    #[error("container {container} not found")]
+    NotFound {
+        /// What was asked for.
+        container: String,
+    },
+    /// `namespace/pod/container` matched more than one running container.
+    #[error("{container} matches {count} running containers; use a container id")]
+    Ambiguous {
+        /// What was asked for.
+        container: String,
+        /// How many.
+        count: usize,
+    },
+    /// Only running containers can be checkpointed.
+    #[error("container {container_id} is {state}, not running")]
+    NotRunning {
+        /// The container.
+        container_id: String,
+        /// Its state.
+        state: String,
+    },
+    /// A CRI call to the runtime failed.
+    #[error("{call} for container {container_id}: {status}")]
+    Runtime {
+        /// Which call.
+        call: &'static str,
+        /// The container.
+        container_id: String,
+        /// The runtime's answer.
+        status: String,
+    },
+    /// CRIU (through containerd and runc) failed to dump.
+    #[error("CRIU dump of container {container_id} failed: {message}{log}")]
+    Criu {
+        /// The container.
+        container_id: String,
+        /// containerd's error.
+        message: String,
+        /// The relevant lines of CRIU's dump.log, if it could be read.
+        log: String,
+    },
+    /// The runtime's container info lacks something lazarus needs.
+    #[error("container {container_id}: {what}")]
+    Info {
+        /// The container.
+        container_id: String,
+        /// What is missing or malformed.
+        what: String,
+    },
+    /// Reading the writable layer.
+    #[error("capturing the writable layer of container {container_id}: {source}")]
+    Rootfs {
+        /// The container.
+        container_id: String,
+        /// Why.
+        source: rootfs_diff::RootfsDiffError,
+    },
+    /// Filesystem work in the staging directory.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Concurrency limits.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Packaging the image.
+    #[error("packaging the checkpoint of container {container_id}: {source}")]
+    Package {
+        /// The container.
+        container_id: String,
+        /// Why.
+        source: PackageError,
+    },
+    /// Committing to the store.
+    #[error("storing the checkpoint of container {container_id}: {source}")]
+    Store {
+        /// The container.
+        container_id: String,
+        /// Why.
+        source: StoreError,
+    },
+}
+
+impl From<CheckpointError> for Status {
+    fn from(err: CheckpointError) -> Status {
+        let code = match &err {
+            CheckpointError::NotFound { .. } => tonic::Code::NotFound,
+            CheckpointError::Ambiguous { .. } => tonic::Code::InvalidArgument,
+            CheckpointError::NotRunning { .. } => tonic::Code::FailedPrecondition,
+            CheckpointError::Lock(LockError::Busy { .. }) => tonic::Code::Aborted,
+            CheckpointError::Runtime { .. } => tonic::Code::Unavailable,
+            _ => tonic::Code::Internal,
+        };
+        Status::new(code, format!("lazarus: {err}"))
+    }
+}
+
+/// Settings of the checkpoint engine.
+#[derive(Debug, Clone)]
+pub struct CheckpointerConfig {
+    /// Persistent state: staging area and store live here.
+    pub state_dir: PathBuf,
+    /// Runtime state: lock files live here.
+    pub run_dir: PathBuf,
+    /// Node-wide maximum of concurrent checkpoints.
+    pub max_concurrent: usize,
+    /// Layer compression.
+    pub compression: Compression,
+}
+
+/// A committed checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// `local:namespace/pod/container:tag@sha256:…`.
+    pub reference: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// `namespace/pod/container`.
+    pub key: String,
+    /// The tag (UTC time, sorts by age).
+    pub tag: String,
+    /// Compressed layer size.
+    pub size: u64,
+    /// Wall time of the CRIU dump call (the container is frozen within it).
+    pub dump_time: Duration,
+    /// CRIU's own frozen time, from its statistics.
+    pub frozen_time: Option<Duration>,
+    /// Wall time of the whole checkpoint, packaging included.
+    pub total_time: Duration,
+    /// Older checkpoints removed by retention.
+    pub pruned: usize,
+}
+
+/// The checkpoint engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    upstream: Upstream,
+    store: Arc<Store>,
+    config: Arc<CheckpointerConfig>,
+}
+
+/// Everything the runtime tells about a container.
+#[derive(Debug)]
+struct Target {
+    id: String,
+    status: v1::ContainerStatus,
+    pod: v1::PodSandboxStatus,
+    pid: u32,
+    spec: serde_json::Value,
+    runtime_version: String,
+}
+
+fn now_rfc3339() -> (String, String) {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let ms = now.subsec_millis();
+    (
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"),
+        format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}.{ms:03}Z"),
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+const CONTAINER_STATUS: &str = "/runtime.v1.RuntimeService/ContainerStatus";
+const POD_SANDBOX_STATUS: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
+const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
+const VERSION: &str = "/runtime.v1.RuntimeService/Version";
+
+impl Checkpointer {
+    /// An engine over `upstream` storing into `store`.
+    pub fn new(upstream: Upstream, store: Arc<Store>, config: CheckpointerConfig) -> Self {
+        Checkpointer { upstream, store, config: Arc::new(config) }
+    }
+
+    /// The runtime.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The store checkpoints go to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Resolves a container id or `namespace/pod/container` to the id of a
+    /// running container.
+    pub async fn resolve(&self, container: &str) -> Result<String, CheckpointError> {
+        let parts: Vec<&str> = container.split('/').collect();
+        let filter = match parts.as_slice() {
+            [namespace, pod, name] => v1::ContainerFilter {
+                state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+                label_selector: [
+                    ("io.kubernetes.pod.namespace".to_owned(), (*namespace).to_owned()),
+                    ("io.kubernetes.pod.name".to_owned(), (*pod).to_owned()),
+                    ("io.kubernetes.container.name".to_owned(), (*name).to_owned()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            _ => v1::ContainerFilter { id: container.to_owned(), ..Default::default() },
+        };
+        let listed: v1::ListContainersResponse = self
+            .upstream
+            .unary(LIST_CONTAINERS, &v1::ListContainersRequest { filter: Some(filter) }, &[])
+            .await
+            .map_err(|s| runtime_error("ListContainers", container, &s))?;
+        match listed.containers.as_slice() {
+            [] => Err(CheckpointError::NotFound { container: container.to_owned() }),
+            [one] => Ok(one.id.clone()),
+            many => Err(CheckpointError::Ambiguous { container: container.to_owned(), count: many.len() }),
+        }
+    }
+
+    async fn inspect(&self, container_id: &str) -> Result<Target, CheckpointError> {
+        let request = v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: true };
+        let response: v1::ContainerStatusResponse =
+            self.upstream.unary(CONTAINER_STATUS, &request, &[]).await.map_err(|s| match s.code() {
+                tonic::Code::NotFound => CheckpointError::NotFound { container: container_id.to_owned() },
+                _ => runtime_error("ContainerStatus", container_id, &s),
+            })?;
+        let status = response.status.ok_or_else(|| info_error(container_id, "ContainerStatus without a status"))?;
+        if status.state != v1::ContainerState::ContainerRunning as i32 {
+            let state = v1::ContainerState::try_from(status.state).map_or("unknown", |s| s.as_str_name());
+            return Err(CheckpointError::NotRunning { container_id: container_id.to_owned(), state: state.to_owned() });
+        }
+        let info: serde_json::Value =
+            response.info.get("info").and_then(|text| serde_json::from_str(text).ok()).ok_or_else(|| {
+                info_error(container_id, "the runtime's verbose ContainerStatus has no \"info\" JSON")
+            })?;
+        let pid = info
+            .get("pid")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| info_error(container_id, "no process id in the runtime's container info"))?;
+        let sandbox_id = info
+            .get("sandboxID")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| info_error(container_id, "no sandboxID in the runtime's container info"))?
+            .to_owned();
+        let spec = info.get("runtimeSpec").cloned().unwrap_or(serde_json::Value::Null);
+        let pod: v1::PodSandboxStatusResponse = self
+            .upstream
+            .unary(POD_SANDBOX_STATUS, &v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id, verbose: false }, &[])
+            .await
+            .map_err(|s| runtime_error("PodSandboxStatus", container_id, &s))?;
+        let pod = pod.status.ok_or_else(|| info_error(container_id, "PodSandboxStatus without a status"))?;
+        let mut status = status;
+        if status.image_id.is_empty() {
+            // containerd 1.6 does not fill image_id; the image store knows it.
+            let spec = v1::ImageSpec { image: status.image_ref.clone(), ..Default::default() };
+            let image: Result<v1::ImageStatusResponse, Status> = self
+                .upstream
+                .unary(
+                    "/runtime.v1.ImageService/ImageStatus",
+                    &v1::ImageStatusRequest { image: Some(spec), verbose: false },
+                    &[],
+                )
+                .await;
+            if let Some(found) = image.ok().and_then(|i| i.image) {
+                status.image_id = found.id;
+            }
+        }
+        let version: v1::VersionResponse = self
+            .upstream
+            .unary(VERSION, &v1::VersionRequest { version: "v1".into() }, &[])
+            .await
+            .map_err(|s| runtime_error("Version", container_id, &s))?;
+        Ok(Target {
+            id: container_id.to_owned(),
+            status,
+            pod,
+            pid,
+            spec,
+            runtime_version: format!("{} {}", version.runtime_name, version.runtime_version),
+        })
+    }
+
+    /// Checkpoints a running container (id or `namespace/pod/container`),
+    /// commits the image to the local store and applies retention (`keep`
+    /// newest of this container; `None` = the pod's annotation or the default).
+    pub async fn checkpoint(&self, container: &str, keep: Option<usize>) -> Result<Checkpoint, CheckpointError> {
+        let started = Instant::now();
+        let container_id = self.resolve(container).await?;
+        let _permit =
+            locks::acquire(&self.config.run_dir.join("locks"), &container_id, self.config.max_concurrent).await?;
+        let target = self.inspect(&container_id).await?;
+        let metadata = target.pod.metadata.clone().unwrap_or_default();
+        let container_name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let key = format!("{}/{}/{}", metadata.namespace, metadata.name, container_name);
+        let keep = keep.unwrap_or_else(|| keep_from_annotations(&target.pod.annotations));
+        let (created, tag) = now_rfc3339();
+        tracing::info!(container_id = %container_id, pod = %key, "checkpoint started");
+
+        let staging_root = self.config.state_dir.join("staging");
+        clean_staging(&staging_root, &container_id);
+        let staging = Staging::create(&staging_root, &container_id, &tag)?;
+        let tree = staging.path.join("tree");
+        let images = tree.join(files::CHECKPOINT_DIR);
+        let work = staging.path.join("work");
+        for dir in [&images, &work] {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+
+        // The dump: the only part during which the container is frozen.
+        let options = CheckpointOptions {
+            exit: false,
+            open_tcp: true,
+            file_locks: true,
+            image_path: images.display().to_string(),
+            work_path: work.display().to_string(),
+            ..Default::default()
+        };
+        let request = CheckpointTaskRequest {
+            container_id: container_id.clone(),
+            parent_checkpoint: String::new(),
+            options: Some(options.to_any()),
+        };
+        let dump_started = Instant::now();
+        let dumped: Result<CheckpointTaskResponse, Status> = self
+            .upstream
+            .unary(
+                containerd_api::TASKS_CHECKPOINT,
+                &request,
+                &[("containerd-namespace", containerd_api::K8S_NAMESPACE)],
+            )
+            .await;
+        let dump_time = dump_started.elapsed();
+        if let Err(status) = dumped {
+            let log = dump_log_excerpt(&work.join(files::DUMP_LOG));
+            return Err(CheckpointError::Criu {
+                container_id: container_id.clone(),
+                message: status.message().to_owned(),
+                log,
+            });
+        }
+        // CRIU writes its statistics next to its log, in the work directory.
+        let stats = std::fs::read(work.join(files::STATS_DUMP)).ok().and_then(|b| super::criu_stats::parse(&b));
+        let frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
+        tracing::info!(
+            container_id = %container_id,
+            dump_ms = dump_time.as_millis() as u64,
+            frozen_ms = frozen_time.map(|d| d.as_millis() as u64),
+            "CRIU dump done; container running again"
+        );
+
+        // Everything else happens while the container runs.
+        self.write_side_files(&target, &tree, &work, &created).await?;
+        let annotations = self.annotations(&target, &container_name, stats.as_ref(), dump_time);
+        let store = self.store.clone();
+        let compression = self.config.compression;
+        let (tree2, scratch, created2, annotations2) =
+            (tree.clone(), staging.path.clone(), created.clone(), annotations.clone());
+        let packaged = tokio::task::spawn_blocking(move || {
+            image::package(&store, &tree2, &scratch, compression, &annotations2, &created2)
+        })
+        .await
+        .map_err(|e| CheckpointError::Io {
+            action: "packaging",
+            path: tree.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| CheckpointError::Package { container_id: container_id.clone(), source })?;
+
+        let index_annotations: BTreeMap<String, String> = [
+            (ann::REF_NAME.to_owned(), format!("{key}:{tag}")),
+            (ann::CONTAINER_KEY.to_owned(), key.clone()),
+            (ann::CREATED.to_owned(), created.clone()),
+            (ann::LAZARUS_CONTAINER_ID.to_owned(), container_id.clone()),
+        ]
+        .into();
+        let store_err = |source| CheckpointError::Store { container_id: container_id.clone(), source };
+        let store = self.store.clone();
+        let manifest = packaged.manifest;
+        let committed = tokio::task::spawn_blocking(move || store.commit(&manifest, index_annotations))
+            .await
+            .map_err(|e| CheckpointError::Io {
+                action: "committing",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(store_err)?;
+        let digest = committed.digest().to_string();
+        let pruned = self.store.prune_keep_newest(ann::CONTAINER_KEY, &key, keep).map_err(store_err)?.len();
+        let checkpoint = Checkpoint {
+            reference: format!("local:{key}:{tag}@{digest}"),
+            digest,
+            key,
+            tag,
+            size: packaged.layer_size,
+            dump_time,
+            frozen_time,
+            total_time: started.elapsed(),
+            pruned,
+        };
+        tracing::info!(
+            container_id = %container_id,
+            reference = %checkpoint.reference,
+            size = checkpoint.size,
+            total_ms = checkpoint.total_time.as_millis() as u64,
+            pruned,
+            "checkpoint committed"
+        );
+        Ok(checkpoint)
+    }
+
+    async fn write_side_files(
+        &self,
+        target: &Target,
+        tree: &Path,
+        work: &Path,
+        created: &str,
+    ) -> Result<(), CheckpointError> {
+        let id = &target.id;
+        let upper = rootfs_diff::overlay_upperdir(target.pid)
+            .map_err(|source| CheckpointError::Rootfs { container_id: id.clone(), source })?;
+        let diff_path = tree.join(files::ROOTFS_DIFF);
+        let (diff_path2, id2) = (diff_path.clone(), id.clone());
+        let summary = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&diff_path2).map_err(io("creating", &diff_path2))?;
+            rootfs_diff::write_diff(&upper, std::io::BufWriter::new(file))
+                .map_err(|source| CheckpointError::Rootfs { container_id: id2, source })
+        })
+        .await
+        .map_err(|e| CheckpointError::Io {
+            action: "archiving",
+            path: diff_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let deleted_path = tree.join(files::DELETED_FILES);
+        let deleted = std::fs::File::create(&deleted_path).map_err(io("creating", &deleted_path))?;
+        rootfs_diff::write_deleted_files(&summary.deleted, deleted)
+            .map_err(|source| CheckpointError::Rootfs { container_id: id.clone(), source })?;
+
+        let metadata = target.pod.metadata.clone().unwrap_or_default();
+        let name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let image = target.status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let config = json!({
+            "id": id,
+            "name": name,
+            "rootfsImage": image,
+            "rootfsImageRef": target.status.image_ref,
+            "rootfsImageName": image,
+            "runtime": "runc",
+            "createdTime": rfc3339_from_nanos(target.status.created_at),
+            "checkpointedTime": created,
+            "restored": false,
+            "pod": {"name": metadata.name, "namespace": metadata.namespace, "uid": metadata.uid},
+            "engine": {"name": "lazarus", "version": env!("CARGO_PKG_VERSION"), "runtime": target.runtime_version},
+            "host": {"arch": ann::go_arch(), "kernel": kernel_release(), "criu": criu_version()},
+        });
+        let status = json!({
+            "id": id,
+            "state": v1::ContainerState::try_from(target.status.state).map_or("unknown", |s| s.as_str_name()),
+            "createdAt": target.status.created_at,
+            "startedAt": target.status.started_at,
+            "image": image,
+            "imageRef": target.status.image_ref,
+            "labels": target.status.labels,
+            "annotations": target.status.annotations,
+            "logPath": target.status.log_path,
+            "podSandboxId": target.pod.id,
+            "podAnnotations": target.pod.annotations,
+        });
+        for (name, value) in
+            [(files::CONFIG_DUMP, &config), (files::SPEC_DUMP, &target.spec), (files::STATUS_DUMP, &status)]
+        {
+            let path = tree.join(name);
+            let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+            std::fs::write(&path, bytes).map_err(io("writing", &path))?;
+        }
+        for (from, to) in [
+            (work.join(files::DUMP_LOG), tree.join(files::DUMP_LOG)),
+            (work.join(files::STATS_DUMP), tree.join(files::STATS_DUMP)),
+        ] {
+            if from.exists() {
+                std::fs::copy(&from, &to).map_err(io("copying", &from))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn annotations(
+        &self,
+        target: &Target,
+        container_name: &str,
+        stats: Option<&super::criu_stats::DumpStats>,
+        dump_time: Duration,
+    ) -> BTreeMap<String, String> {
+        let metadata = target.pod.metadata.clone().unwrap_or_default();
+        let image = target.status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let mut a: BTreeMap<String, String> = [
+            (ann::CRIU_CONTAINER_NAME, container_name.to_owned()),
+            (ann::CRIO_CHECKPOINT_NAME, container_name.to_owned()),
+            (ann::PODMAN_CHECKPOINT_NAME, container_name.to_owned()),
+            (ann::CRIU_ENGINE_NAME, "lazarus".to_owned()),
+            (ann::CRIU_ENGINE_VERSION, env!("CARGO_PKG_VERSION").to_owned()),
+            (ann::CRIU_POD_NAME, metadata.name.clone()),
+            (ann::CRIU_POD_NAMESPACE, metadata.namespace.clone()),
+            (ann::LAZARUS_POD_UID, metadata.uid.clone()),
+            (ann::CRIU_ROOTFS_IMAGE_NAME, image),
+            (ann::CRIU_ROOTFS_IMAGE_ID, target.status.image_id.clone()),
+            (ann::CRIU_ROOTFS_IMAGE_REF, target.status.image_ref.clone()),
+            (ann::CRIU_RUNTIME_NAME, "runc".to_owned()),
+            (ann::CRIU_VERSION, criu_version()),
+            (ann::CRIU_HOST_ARCH, ann::go_arch().to_owned()),
+            (ann::LAZARUS_KERNEL, kernel_release()),
+            (ann::LAZARUS_CONTAINER_ID, target.id.clone()),
+            ("lazarus.dev/dump-time-ms", dump_time.as_millis().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Some(stats) = stats {
+            a.insert("lazarus.dev/criu-freezing-time-us".into(), stats.freezing_time.to_string());
+            a.insert("lazarus.dev/criu-frozen-time-us".into(), stats.frozen_time.to_string());
+            a.insert("lazarus.dev/criu-pages-written".into(), stats.pages_written.to_string());
+        }
+        a
+    }
+}
+
+fn runtime_error(call: &'static str, container: &str, status: &Status) -> CheckpointError {
+    CheckpointError::Runtime {
+        call,
+        container_id: container.to_owned(),
+        status: format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+fn info_error(container_id: &str, what: &str) -> CheckpointError {
+    CheckpointError::Info { container_id: container_id.to_owned(), what: what.to_owned() }
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + use<> {
+    let path = path.to_owned();
+    move |source| CheckpointError::Io { action, path, source }
+}
+
+/// The pod's `lazarus.dev/checkpoint-keep`, or the default; a malformed value
+/// is logged and the default used.
+pub fn keep_from_annotations(annotations: &std::collections::HashMap<String, String>) -> usize {
+    match annotations.get(ann::CHECKPOINT_KEEP) {
+        None => ann::DEFAULT_KEEP,
+        Some(value) => match value.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                tracing::warn!(
+                    annotation = ann::CHECKPOINT_KEEP,
+                    value = %value,
+                    default = ann::DEFAULT_KEEP,
+                    "rejected annotation: expected a whole number >= 1; using the default"
+                );
+                ann::DEFAULT_KEEP
+            }
+        },
+    }
+}
+
+/// The lines of CRIU's dump log that explain a failure: errors and
+/// warnings, then the last lines.
+pub fn dump_log_excerpt(path: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut picked: Vec<&str> = lines.iter().copied().filter(|l| l.contains("Error") || l.contains("Warn")).collect();
+    picked.truncate(20);
+    for line in lines.iter().rev().take(5).rev() {
+        if !picked.contains(line) {
+            picked.push(line);
+        }
+    }
+    if picked.is_empty() {
+        return String::new();
+    }
+    format!("\nfrom {}:\n  {}", path.display(), picked.join("\n  "))
+}
+
+fn rfc3339_from_nanos(nanos: i64) -> String {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// `criu --version`'s version, once per process.
+fn criu_version() -> String {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            std::process::Command::new("criu")
+                .arg("--version")
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_owned()))
+                })
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// A staging directory removed when dropped (success or failure).
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    fn create(root: &Path, container_id: &str, tag: &str) -> Result<Staging, CheckpointError> {
+        let path = root.join(format!("{container_id}-{tag}"));
+        std::fs::create_dir_all(&path).map_err(io("creating", &path))?;
+        Ok(Staging { path })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove staging directory");
+        }
+    }
+}
+
+/// Removes staging directories a killed process left for this container.
+/// Called with the container's checkpoint lock held, so none is in use.
+fn clean_staging(root: &Path, container_id: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let prefix = format!("{container_id}-");
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing a checkpoint staging directory left by an interrupted run");
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove leftover staging directory");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(rfc3339_from_nanos(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn tags_sort_by_time() {
+        let (created, tag) = now_rfc3339();
+        assert_eq!(created.len(), "2026-11-22T23:35:05.123Z".len());
+        assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'), "{tag}");
+    }
+
+    #[test]
+    fn keep_annotation_is_validated() {
+        let mut a = std::collections::HashMap::new();
+        assert_eq!(keep_from_annotations(&a), 3);
+        a.insert(ann::CHECKPOINT_KEEP.to_owned(), "5".to_owned());
+        assert_eq!(keep_from_annotations(&a), 5);
+        for bad in ["0", "-1", "many", ""] {
+            a.insert(ann::CHECKPOINT_KEEP.to_owned(), bad.to_owned());
+            assert_eq!(keep_from_annotations(&a), 3, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dump_log_excerpt_picks_errors_and_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("dump.log");
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!("(00.0{i}) line {i}\n"));
+        }
+        text.push_str(
+            "(01.000) Error (criu/sk-inet.c:190): inet: Connected TCP socket, consider using --tcp-established\n",
+        );
+        text.push_str("(01.001) Dumping FAILED.\n");
+        std::fs::write(&log, text).expect("write");
+        let excerpt = dump_log_excerpt(&log);
+        assert!(excerpt.contains("Connected TCP socket"), "{excerpt}");
+        assert!(excerpt.contains("Dumping FAILED."), "{excerpt}");
+        assert!(!excerpt.contains("line 3\n"), "{excerpt}");
+        assert_eq!(dump_log_excerpt(&dir.path().join("missing")), "");
+    }
+}

@@ -1,0 +1,95 @@
+//! Checkpoint concurrency across processes (the daemon and the CLI): one
+//! checkpoint at a time per container, and at most N on the node. Both are
+//! `flock(2)` locks on files under the run directory, so they hold between
+//! processes and vanish with a crashed holder.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Why a lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another checkpoint of the same container is running.
+    #[error("a checkpoint of container {container_id} is already running")]
+    Busy {
+        /// The container.
+        container_id: String,
+    },
+    /// The lock file could not be opened.
+    #[error("opening lock file {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Held for the whole checkpoint; released on drop.
+#[derive(Debug)]
+pub struct CheckpointPermit {
+    _container: Flock<File>,
+    _slot: Flock<File>,
+}
+
+fn open(path: &Path) -> Result<File, LockError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| LockError::Open { path: path.to_owned(), source })
+}
+
+/// Takes the container's lock (failing at once if it is held) and then one of
+/// `slots` node-wide slots (waiting until one is free).
+pub async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+    std::fs::create_dir_all(dir).map_err(|source| LockError::Open { path: dir.to_owned(), source })?;
+    let container_path = dir.join(format!("container-{container_id}.lock"));
+    let container = Flock::lock(open(&container_path)?, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| LockError::Busy { container_id: container_id.to_owned() })?;
+    let mut waited = false;
+    loop {
+        for n in 0..slots.max(1) {
+            let file = open(&dir.join(format!("slot-{n}.lock")))?;
+            if let Ok(slot) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                return Ok(CheckpointPermit { _container: container, _slot: slot });
+            }
+        }
+        if !waited {
+            tracing::info!(container_id, slots, "node-wide checkpoint limit reached; waiting for a slot");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_checkpoint_per_container_and_slots_are_shared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = acquire(dir.path(), "a", 1).await.expect("first");
+        let err = acquire(dir.path(), "a", 1).await.expect_err("same container is busy");
+        assert!(err.to_string().contains("already running"), "{err}");
+        // Another container waits for the single slot until `first` is dropped.
+        let waiting = tokio::spawn({
+            let dir = dir.path().to_owned();
+            async move { acquire(&dir, "b", 1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "second container must wait for the slot");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("slot freed")
+            .expect("task")
+            .expect("permit");
+        drop(second);
+    }
+}

@@ -1,0 +1,101 @@
+//! Checkpoint before stop: kubelet's `StopContainer` for a container of a pod
+//! annotated `lazarus.dev/checkpoint-on-stop: "true"` first takes a
+//! checkpoint — within the grace period kubelet passed — and then the stop
+//! goes on, whatever happened to the checkpoint.
+
+use std::time::Duration;
+
+use lazarus_proto::v1;
+
+use super::Checkpointer;
+use super::annotations as ann;
+
+/// Time left for the stop itself after the checkpoint's share of the grace period.
+const STOP_RESERVE: Duration = Duration::from_secs(2);
+
+/// Whether the pod asks for a checkpoint on stop; a malformed value is
+/// rejected (logged) and treated as "no".
+pub fn wants_checkpoint_on_stop(annotations: &std::collections::HashMap<String, String>) -> bool {
+    match annotations.get(ann::CHECKPOINT_ON_STOP).map(|v| v.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            tracing::warn!(
+                annotation = ann::CHECKPOINT_ON_STOP,
+                value = %other,
+                "rejected annotation: expected \"true\" or \"false\"; not checkpointing on stop"
+            );
+            false
+        }
+    }
+}
+
+/// Checkpoints `container_id` if its pod asks for it and it is running,
+/// within `timeout_seconds` (kubelet's grace period) less a reserve for the stop.
+pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, timeout_seconds: i64) {
+    let upstream = engine.upstream();
+    let status: Result<v1::ContainerStatusResponse, _> = upstream
+        .unary(
+            "/runtime.v1.RuntimeService/ContainerStatus",
+            &v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: true },
+            &[],
+        )
+        .await;
+    let Ok(status) = status else { return };
+    let running = status.status.as_ref().is_some_and(|s| s.state == v1::ContainerState::ContainerRunning as i32);
+    let sandbox_id = status
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .and_then(|i| i.get("sandboxID").and_then(|s| s.as_str()).map(str::to_owned));
+    let (true, Some(sandbox_id)) = (running, sandbox_id) else { return };
+    let pod: Result<v1::PodSandboxStatusResponse, _> = upstream
+        .unary(
+            "/runtime.v1.RuntimeService/PodSandboxStatus",
+            &v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id, verbose: false },
+            &[],
+        )
+        .await;
+    let Some(pod) = pod.ok().and_then(|p| p.status) else { return };
+    if !wants_checkpoint_on_stop(&pod.annotations) {
+        return;
+    }
+    let grace = Duration::from_secs(u64::try_from(timeout_seconds).unwrap_or(0));
+    let budget = grace.saturating_sub(STOP_RESERVE);
+    if budget.is_zero() {
+        tracing::warn!(
+            container_id,
+            grace_seconds = timeout_seconds,
+            "grace period too short to checkpoint before stop"
+        );
+        return;
+    }
+    match tokio::time::timeout(budget, engine.checkpoint(container_id, None)).await {
+        Ok(Ok(checkpoint)) => {
+            tracing::info!(container_id, reference = %checkpoint.reference, "checkpointed before stop")
+        }
+        Ok(Err(e)) => tracing::warn!(container_id, error = %e, "checkpoint before stop failed; stopping anyway"),
+        Err(_) => tracing::warn!(
+            container_id,
+            budget_seconds = budget.as_secs(),
+            "checkpoint before stop did not finish within the grace period; stopping anyway"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_true_means_yes() {
+        let mut a = std::collections::HashMap::new();
+        assert!(!wants_checkpoint_on_stop(&a));
+        a.insert(ann::CHECKPOINT_ON_STOP.to_owned(), "true".to_owned());
+        assert!(wants_checkpoint_on_stop(&a));
+        for v in ["false", "yes", "1", "TRUE "] {
+            a.insert(ann::CHECKPOINT_ON_STOP.to_owned(), v.to_owned());
+            assert!(!wants_checkpoint_on_stop(&a), "{v}");
+        }
+    }
+}
