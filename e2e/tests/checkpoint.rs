@@ -294,3 +294,119 @@ async fn checkpoints_of_a_running_stateful_container() -> Result<()> {
     bed.cri.sweep_test_pods().await?;
     Ok(())
 }
+
+/// Digests of the store's entries for one container, oldest first.
+fn digests_of(state: &Path, key: &str) -> Result<Vec<String>> {
+    Ok(index(state)?
+        .iter()
+        .filter(|m| m["annotations"]["lazarus.dev/container-key"] == key)
+        .filter_map(|m| m["digest"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_checkpoints_survive_a_restart_and_stop_takes_one_last() -> Result<()> {
+    let _serial = lazarus_e2e::serial().await;
+    let testbed = Testbed::load()?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let containerd = testbed.containerd_socket()?;
+    let socket = dir.path().join("lazarus.sock");
+    let lazarus = lazarus_e2e::LazarusProcess::start(dir.path(), &socket, &containerd)?;
+    let mut cri = Cri::connect(&socket)?;
+    cri.sweep_test_pods().await?;
+    let image = testbed.workload_image()?.to_owned();
+
+    // A pod asking for checkpoints every 2s, keeping 2, and one on stop.
+    let pod = pod_config(
+        "periodic",
+        NAMESPACE,
+        &dir.path().join("pods"),
+        &[
+            ("lazarus.dev/checkpoint-interval", "2s"),
+            ("lazarus.dev/checkpoint-keep", "2"),
+            ("lazarus.dev/checkpoint-on-stop", "true"),
+        ],
+    );
+    // A pod with a malformed interval: left alone, the rejection logged.
+    let bad_pod =
+        pod_config("malformed", NAMESPACE, &dir.path().join("pods"), &[("lazarus.dev/checkpoint-interval", "soon")]);
+    let counter = "i=0; while true; do echo $i > /count; i=$((i+1)); sleep 1; done";
+    let mut ids = Vec::new();
+    for pod in [&pod, &bad_pod] {
+        let pod_id = cri.run_pod(pod).await?;
+        cri.pull(&image, pod).await?;
+        let id =
+            cri.create_container(&pod_id, container_config("worker", &image, &["/bin/sh", "-c", counter]), pod).await?;
+        cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
+        ids.push(id);
+    }
+    let (id, bad_id) = (ids[0].clone(), ids[1].clone());
+    let key = format!("{NAMESPACE}/periodic/worker");
+
+    // At least three periodic checkpoints, never more than two kept.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(Duration::from_secs(60), "three periodic checkpoints", || {
+        let now = digests_of(&state, &key).unwrap_or_default();
+        assert!(now.len() <= 2, "retention keeps at most 2, found {}", now.len());
+        seen.extend(now);
+        let enough = seen.len() >= 3;
+        async move { enough.then_some(()) }
+    })
+    .await
+    .with_context(|| format!("lazarus log:\n{}", lazarus.log_text()))?;
+    println!("periodic checkpoints seen: {}", seen.len());
+    ensure!(digests_of(&state, &format!("{NAMESPACE}/malformed/worker"))?.is_empty(), "malformed pod was checkpointed");
+    let log = lazarus.log_text();
+    ensure!(
+        log.contains(r#"lazarus.dev/checkpoint-interval="soon" rejected"#),
+        "the rejected annotation is logged with its value:\n{log}"
+    );
+    ensure!(
+        cri.container_status(&bad_id).await?.state == v1::ContainerState::ContainerRunning as i32,
+        "malformed pod untouched"
+    );
+
+    // A lazarus restart: the schedule is rebuilt and goes on.
+    let exit = lazarus.terminate()?;
+    ensure!(exit.success(), "lazarus exit {exit}");
+    let before_restart = digests_of(&state, &key)?;
+    let lazarus = lazarus_e2e::LazarusProcess::start(dir.path(), &socket, &containerd)?;
+    wait_for(Duration::from_secs(30), "a periodic checkpoint after the restart", || {
+        let now = digests_of(&state, &key).unwrap_or_default();
+        let fresh = now.iter().any(|d| !before_restart.contains(d));
+        async move { fresh.then_some(()) }
+    })
+    .await
+    .with_context(|| format!("lazarus log:\n{}", lazarus.log_text()))?;
+
+    // Stop through lazarus: a last checkpoint is taken first, then the stop.
+    let before_stop = digests_of(&state, &key)?;
+    let count_before = {
+        let exec = cri
+            .runtime
+            .exec_sync(v1::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["cat".into(), "/count".into()],
+                timeout: 5,
+            })
+            .await?
+            .into_inner();
+        String::from_utf8_lossy(&exec.stdout).trim().parse::<u64>()?
+    };
+    cri.runtime.stop_container(v1::StopContainerRequest { container_id: id.clone(), timeout: 20 }).await?;
+    let status = cri.container_status(&id).await?;
+    ensure!(status.state == v1::ContainerState::ContainerExited as i32, "stopped");
+    let after_stop = digests_of(&state, &key)?;
+    let last = after_stop.last().context("a checkpoint after stop")?;
+    ensure!(!before_stop.contains(last), "the newest checkpoint was taken at stop: {before_stop:?} → {after_stop:?}");
+    ensure!(
+        lazarus.log_text().contains("checkpointed before stop"),
+        "lazarus log lacks the stop checkpoint:\n{}",
+        lazarus.log_text()
+    );
+    println!("counter was {count_before} when the stop came; last checkpoint {last}");
+    cri.sweep_test_pods().await?;
+    lazarus.terminate()?;
+    Ok(())
+}
