@@ -1,0 +1,187 @@
+//! Checkpoint cost: for processes holding 256 MiB and 1 GiB of incompressible
+//! memory, in one run, raw `criu dump --leave-running` of a plain process vs
+//! `lazarus checkpoint` of the same program in a container (through
+//! containerd, runc and CRIU). Compared: CRIU's frozen time (from its own
+//! statistics), the dump's wall time, lazarus's total time with packaging,
+//! and the zstd image size.
+//!
+//! `cargo bench -p lazarus-e2e --bench checkpoint [-- --sizes 256,1024]`
+//! (needs `e2e/testbed/testbed.sh up`, gcc with static glibc).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use lazarus_e2e::{Cri, Testbed, container_config, pod_config, wait_for};
+use lazarus_proto::v1;
+
+fn build_memhog(dir: &Path) -> Result<PathBuf> {
+    let source = lazarus_e2e::repo_root().join("e2e/bench-tools/memhog.c");
+    let out = dir.join("memhog");
+    let status = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&out).arg(&source).status()?;
+    ensure!(status.success(), "gcc -static memhog.c failed (needs libc6-dev)");
+    Ok(out)
+}
+
+/// `stats-dump` frozen time in ms.
+fn frozen_ms(stats: &Path) -> Option<f64> {
+    let bytes = std::fs::read(stats).ok()?;
+    lazarus_shim_stats::parse(&bytes).map(|s| f64::from(s.frozen_time) / 1000.0)
+}
+
+/// CRIU's `stats-dump`, read independently of lazarus (the bench measures
+/// lazarus, so it does not reuse lazarus's own parser).
+mod lazarus_shim_stats {
+    use prost::Message;
+    #[derive(Clone, PartialEq, Message)]
+    pub struct DumpStats {
+        #[prost(uint32, tag = "1")]
+        pub freezing_time: u32,
+        #[prost(uint32, tag = "2")]
+        pub frozen_time: u32,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct StatsEntry {
+        #[prost(message, optional, tag = "1")]
+        pub dump: Option<DumpStats>,
+    }
+    pub fn parse(bytes: &[u8]) -> Option<DumpStats> {
+        let header = bytes.get(8..12)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        StatsEntry::decode(bytes.get(12..12 + len)?).ok()?.dump
+    }
+}
+
+struct Raw {
+    wall: Duration,
+    frozen_ms: Option<f64>,
+}
+
+fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
+    let mut child = Command::new("setsid")
+        .arg(memhog)
+        .arg(mib.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    ensure!(line.starts_with("ready"), "memhog: {line:?}");
+    let pid = child.id();
+    let images = dir.join(format!("raw-{mib}"));
+    std::fs::create_dir_all(&images)?;
+    let started = Instant::now();
+    let out = Command::new("criu")
+        .args(["dump", "--leave-running", "-t", &pid.to_string(), "-o", "dump.log", "-D"])
+        .arg(&images)
+        .output()?;
+    let wall = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    if !out.status.success() {
+        bail!("criu dump failed: {}", std::fs::read_to_string(images.join("dump.log")).unwrap_or_default());
+    }
+    let result = Raw { wall, frozen_ms: frozen_ms(&images.join("stats-dump")) };
+    std::fs::remove_dir_all(&images)?;
+    Ok(result)
+}
+
+struct Through {
+    wall: Duration,
+    dump_ms: f64,
+    frozen_ms: f64,
+    size: u64,
+}
+
+async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize, dir: &Path) -> Result<Through> {
+    cri.sweep_test_pods().await?;
+    let logs = dir.join("pods");
+    let pod = pod_config(&format!("memhog-{mib}"), "lazarus-bench", &logs, &[]);
+    let pod_id = cri.run_pod(&pod).await?;
+    let image = bed.workload_image()?.to_owned();
+    cri.pull(&image, &pod).await?;
+    let mut config = container_config("memhog", &image, &["/memhog", &mib.to_string()]);
+    config.mounts.push(v1::Mount {
+        container_path: "/memhog".into(),
+        host_path: memhog.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    });
+    let id = cri.create_container(&pod_id, config, &pod).await?;
+    cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
+    let log = logs.join("memhog/0.log");
+    wait_for(Duration::from_secs(120), "memhog ready", || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).ok().filter(|t| t.contains("ready")).map(|_| ()) }
+    })
+    .await?;
+    let state = dir.join("state");
+    let started = Instant::now();
+    let out = Command::new(lazarus_e2e::lazarus_bin()?)
+        .args(["checkpoint", &id, "--log-level", "warn", "--upstream"])
+        .arg(format!("unix://{}", bed.containerd_socket()?.display()))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .output()?;
+    let wall = started.elapsed();
+    ensure!(out.status.success(), "lazarus checkpoint: {}", String::from_utf8_lossy(&out.stderr));
+    let reference = String::from_utf8(out.stdout)?;
+    let digest = reference.trim().rsplit('@').next().context("digest")?.to_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("store/blobs/sha256").join(&digest[7..]))?)?;
+    let number =
+        |key: &str| manifest["annotations"][key].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let result = Through {
+        wall,
+        dump_ms: number("lazarus.dev/dump-time-ms"),
+        frozen_ms: number("lazarus.dev/criu-frozen-time-us") / 1000.0,
+        size: manifest["layers"][0]["size"].as_u64().unwrap_or(0),
+    };
+    cri.sweep_test_pods().await?;
+    std::fs::remove_dir_all(&state)?;
+    Ok(result)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| vec![256, 1024], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+    let bed = Testbed::load()?;
+    let dir = tempfile::tempdir_in("/var/tmp")?;
+    let memhog = build_memhog(dir.path())?;
+    let mut cri = Cri::connect(&bed.containerd_socket()?)?;
+    println!(
+        "checkpoint benchmark: containerd {}, CRIU {}, images on {}\n",
+        bed.var("CONTAINERD_VERSION").unwrap_or("?"),
+        bed.var("CRIU_VERSION").unwrap_or("?"),
+        dir.path().display()
+    );
+    println!(
+        "| memory | raw criu dump wall | raw frozen | lazarus dump call | lazarus frozen | frozen lazarus/raw | lazarus total (with zstd, commit) | image size (zstd) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for mib in sizes {
+        let raw = raw_criu(&memhog, mib, dir.path())?;
+        let through = through_lazarus(&bed, &mut cri, &memhog, mib, dir.path()).await?;
+        let raw_frozen = raw.frozen_ms.unwrap_or(f64::NAN);
+        println!(
+            "| {mib} MiB | {:.0} ms | {raw_frozen:.0} ms | {:.0} ms | {:.0} ms | {:.2} | {:.0} ms | {:.0} MiB |",
+            raw.wall.as_secs_f64() * 1000.0,
+            through.dump_ms,
+            through.frozen_ms,
+            through.frozen_ms / raw_frozen,
+            through.wall.as_secs_f64() * 1000.0,
+            through.size as f64 / 1048576.0,
+        );
+    }
+    Ok(())
+}
