@@ -90,6 +90,8 @@ fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
 }
 
 struct Through {
+    runc_wall: Duration,
+    runc_frozen_ms: f64,
     wall: Duration,
     dump_ms: f64,
     frozen_ms: f64,
@@ -98,7 +100,7 @@ struct Through {
 
 async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize, dir: &Path) -> Result<Through> {
     cri.sweep_test_pods().await?;
-    let logs = dir.join("pods");
+    let logs = dir.join(format!("pods-{mib}"));
     let pod = pod_config(&format!("memhog-{mib}"), "lazarus-bench", &logs, &[]);
     let pod_id = cri.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
@@ -118,10 +120,31 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
         async move { std::fs::read_to_string(&log).ok().filter(|t| t.contains("ready")).map(|_| ()) }
     })
     .await?;
+    // Reference 2: runc's own checkpoint of the same container, with the
+    // options containerd passes for lazarus (what CRIU does in a container:
+    // namespaces, network lock, /dev tmpfs…).
+    let images = dir.join(format!("runc-{mib}"));
+    let work = dir.join(format!("runc-work-{mib}"));
+    let started = Instant::now();
+    let out = Command::new(bed.var("RUNC_BIN")?)
+        .arg("--root")
+        .arg(Path::new(bed.var("RUNC_ROOT")?).join("k8s.io"))
+        .args(["checkpoint", "--leave-running", "--tcp-established", "--file-locks", "--image-path"])
+        .arg(&images)
+        .arg("--work-path")
+        .arg(&work)
+        .arg(&id)
+        .output()?;
+    let runc_wall = started.elapsed();
+    ensure!(out.status.success(), "runc checkpoint: {}", String::from_utf8_lossy(&out.stderr));
+    let runc_frozen_ms = frozen_ms(&work.join("stats-dump")).unwrap_or(f64::NAN);
+    std::fs::remove_dir_all(&images)?;
+    std::fs::remove_dir_all(&work)?;
+
     let state = dir.join("state");
     let started = Instant::now();
     let out = Command::new(lazarus_e2e::lazarus_bin()?)
-        .args(["checkpoint", &id, "--log-level", "warn", "--upstream"])
+        .args(["checkpoint", &id, "--log-level", "info", "--upstream"])
         .arg(format!("unix://{}", bed.containerd_socket()?.display()))
         .arg("--state-dir")
         .arg(&state)
@@ -130,6 +153,9 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
         .output()?;
     let wall = started.elapsed();
     ensure!(out.status.success(), "lazarus checkpoint: {}", String::from_utf8_lossy(&out.stderr));
+    if std::env::var_os("LAZARUS_BENCH_VERBOSE").is_some() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     let reference = String::from_utf8(out.stdout)?;
     let digest = reference.trim().rsplit('@').next().context("digest")?.to_owned();
     let manifest: serde_json::Value =
@@ -137,6 +163,8 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
     let number =
         |key: &str| manifest["annotations"][key].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
     let result = Through {
+        runc_wall,
+        runc_frozen_ms,
         wall,
         dump_ms: number("lazarus.dev/dump-time-ms"),
         frozen_ms: number("lazarus.dev/criu-frozen-time-us") / 1000.0,
@@ -159,6 +187,7 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir_in("/var/tmp")?;
     let memhog = build_memhog(dir.path())?;
     let mut cri = Cri::connect(&bed.containerd_socket()?)?;
+    lazarus_e2e::lazarus_bin()?; // built before anything is timed
     println!(
         "checkpoint benchmark: containerd {}, CRIU {}, images on {}\n",
         bed.var("CONTAINERD_VERSION").unwrap_or("?"),
@@ -166,7 +195,7 @@ async fn main() -> Result<()> {
         dir.path().display()
     );
     println!(
-        "| memory | raw criu dump wall | raw frozen | lazarus dump call | lazarus frozen | frozen lazarus/raw | lazarus total (with zstd, commit) | image size (zstd) |"
+        "| memory | criu dump, plain process: wall / frozen | runc checkpoint, same container: wall / frozen | lazarus: dump call / frozen | frozen lazarus ÷ runc | frozen lazarus ÷ plain criu | lazarus total (dump + zstd + commit) | image (zstd) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for mib in sizes {
@@ -174,10 +203,13 @@ async fn main() -> Result<()> {
         let through = through_lazarus(&bed, &mut cri, &memhog, mib, dir.path()).await?;
         let raw_frozen = raw.frozen_ms.unwrap_or(f64::NAN);
         println!(
-            "| {mib} MiB | {:.0} ms | {raw_frozen:.0} ms | {:.0} ms | {:.0} ms | {:.2} | {:.0} ms | {:.0} MiB |",
+            "| {mib} MiB | {:.0} / {raw_frozen:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.2} | {:.2} | {:.0} ms | {:.0} MiB |",
             raw.wall.as_secs_f64() * 1000.0,
+            through.runc_wall.as_secs_f64() * 1000.0,
+            through.runc_frozen_ms,
             through.dump_ms,
             through.frozen_ms,
+            through.frozen_ms / through.runc_frozen_ms,
             through.frozen_ms / raw_frozen,
             through.wall.as_secs_f64() * 1000.0,
             through.size as f64 / 1048576.0,

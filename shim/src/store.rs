@@ -26,12 +26,20 @@
 //!
 //! Several processes (the daemon, a CLI) may use the same store. Garbage
 //! collection ([`Store::open`], [`Store::remove`], [`Store::collect_garbage`], …)
-//! runs under the store lock and deletes a blob only when no index entry
-//! references it *and* nobody holds a lease on it, and a staging file in `tmp/`
-//! only when its writer no longer holds its lock. Locks die with their process,
-//! so leftovers of a crashed run are collected, while blobs a live writer is
-//! about to commit are not: keep each [`BlobInfo`] until the manifest that
-//! references it is committed.
+//! runs under the store lock. It removes a staging file in `tmp/` once its
+//! writer no longer holds its `flock`, and a blob only when no index entry
+//! references it, nobody holds a lease on it, and either
+//!
+//! - it belonged to an entry removed by the same call and has not been written
+//!   again since that entry was committed, or
+//! - it has not been written for [`ORPHAN_GRACE`] (leftovers of a crashed or
+//!   failed checkpoint).
+//!
+//! Locks die with their process, so a crashed writer's blobs are collected in
+//! due course. Keep each [`BlobInfo`] until the manifest referencing it is
+//! committed: the lease is what makes that safe; the grace period and the
+//! refreshed modification time of a re-written blob are a second line of
+//! defence for writers that let go early.
 //!
 //! [OCI image layout]: https://github.com/opencontainers/image-spec/blob/main/image-layout.md
 
@@ -41,6 +49,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -69,6 +78,10 @@ const FILE_MODE: u32 = 0o600;
 const IO_BUFFER: usize = 256 * 1024;
 /// How often a writer retries a staging file a concurrent cleanup removed under it.
 const STAGING_ATTEMPTS: usize = 5;
+
+/// Garbage collection keeps a blob no entry has ever referenced until it has
+/// not been written for this long: it may belong to a checkpoint being committed.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(60 * 60);
 
 /// Something went wrong in the checkpoint store.
 #[derive(Debug, thiserror::Error)]
@@ -221,9 +234,9 @@ pub struct Store {
 impl Store {
     /// Opens the store at `root`, creating the layout (directories 0700) if
     /// missing, and cleans up after an interrupted earlier run: a stale
-    /// `index.json.tmp`, abandoned staging files and blobs no entry references.
-    /// Cleanup failures other than I/O on the layout itself are logged, not
-    /// fatal: the committed entries stay usable.
+    /// `index.json.tmp`, abandoned staging files and blobs no entry references
+    /// (see [`collect_garbage`](Self::collect_garbage)). A failed garbage
+    /// collection is logged, not fatal: the committed entries stay usable.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let store = Store { root: root.to_owned() };
         for dir in [store.root.clone(), store.blobs_dir(), store.tmp_dir()] {
@@ -241,7 +254,7 @@ impl Store {
             }
         }
         store.init_layout(&lock)?;
-        if let Err(e) = store.collect_garbage_locked(&lock) {
+        if let Err(e) = store.collect_garbage_locked(&lock, &Released::new()) {
             tracing::warn!(error = %e, "store garbage collection skipped");
         }
         Ok(store)
@@ -383,7 +396,7 @@ impl Store {
         for digest in manifest_digests {
             sha256_hex(digest)?;
         }
-        self.remove_where(|_, entries| {
+        self.remove_where(|entries| {
             Ok(entries
                 .iter()
                 .enumerate()
@@ -396,7 +409,7 @@ impl Store {
     /// Retention: of the entries whose annotation `key` is `value`, keeps the
     /// newest `keep` and removes the others. Returns the removed entries.
     pub fn prune_keep_newest(&self, key: &str, value: &str, keep: usize) -> Result<Vec<Entry>, StoreError> {
-        self.remove_where(|_, entries| {
+        self.remove_where(|entries| {
             let matching: Vec<usize> =
                 entries.iter().enumerate().filter(|(_, e)| e.has_annotation(key, value)).map(|(i, _)| i).collect();
             let surplus = matching.len().saturating_sub(keep);
@@ -406,23 +419,17 @@ impl Store {
 
     /// Total size in bytes of all blobs.
     pub fn total_size(&self) -> Result<u64, StoreError> {
-        Ok(self.blob_sizes()?.values().sum())
+        Ok(self.blob_files()?.values().map(fs::Metadata::len).sum())
     }
 
-    /// Removes the oldest entries until the blobs take at most `max_bytes`,
-    /// skipping every entry `protect` returns true for. Blobs shared with a
-    /// remaining entry do not count as freed. Returns the removed entries; if
-    /// only protected entries are left the store may stay above the cap (logged).
+    /// Removes the oldest entries until the blobs the entries reference take at
+    /// most `max_bytes`, skipping every entry `protect` returns true for. Blobs
+    /// shared with a remaining entry do not count as freed; blobs of checkpoints
+    /// still being written (not referenced yet) do not count at all. Returns the
+    /// removed entries; if only protected entries are left the store may stay
+    /// above the cap (logged).
     pub fn enforce_size_cap(&self, max_bytes: u64, protect: impl Fn(&Entry) -> bool) -> Result<Vec<Entry>, StoreError> {
-        self.remove_where(|lock, entries| {
-            // Drop orphans first so that only blobs entries (or live writers) hold are counted.
-            self.collect_garbage_locked(lock)?;
-            let sizes = self.blob_sizes()?;
-            let mut total: u64 = sizes.values().sum();
-            let mut doomed = BTreeSet::new();
-            if total <= max_bytes {
-                return Ok(doomed);
-            }
+        self.remove_where(|entries| {
             let mut refs = Vec::with_capacity(entries.len());
             for entry in entries {
                 let mut blobs = BTreeSet::new();
@@ -433,6 +440,10 @@ impl Store {
             for hex in refs.iter().flatten() {
                 *users.entry(hex.as_str()).or_default() += 1;
             }
+            let sizes: HashMap<String, u64> =
+                self.blob_files()?.into_iter().map(|(hex, meta)| (hex, meta.len())).collect();
+            let mut total: u64 = users.keys().filter_map(|hex| sizes.get(*hex)).sum();
+            let mut doomed = BTreeSet::new();
             for (i, entry) in entries.iter().enumerate() {
                 if total <= max_bytes {
                     break;
@@ -457,12 +468,12 @@ impl Store {
         })
     }
 
-    /// Removes abandoned staging files and every blob that no entry references
-    /// and no writer holds. Returns the bytes freed. [`Store::open`] and the
-    /// removal methods do this already.
+    /// Removes abandoned staging files and the blobs no entry references that
+    /// no writer holds and nobody has written for [`ORPHAN_GRACE`]. Returns the
+    /// bytes freed. [`Store::open`] and the removal methods do this already.
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
         let lock = self.lock()?;
-        self.collect_garbage_locked(&lock)
+        self.collect_garbage_locked(&lock, &Released::new())
     }
 
     fn blobs_dir(&self) -> PathBuf {
@@ -577,17 +588,23 @@ impl Store {
         let intact_existing = File::open(&dest)
             .ok()
             .filter(|file| check_file(file, &dest, &digest, Some(size)).is_ok())
-            .and_then(|file| FileId::of(&file));
+            .and_then(|file| FileId::of(&file).map(|id| (file, id)));
 
         let lock = self.lock()?;
-        if intact_existing.is_none() || intact_existing != FileId::of_path(&dest) {
-            if dest.exists() {
-                tracing::warn!(digest, "replacing a corrupt copy of the blob");
+        match intact_existing {
+            Some((file, id)) if FileId::of_path(&dest) == Some(id) => {
+                // Written again: garbage collection must see it as fresh.
+                file.set_modified(SystemTime::now()).map_err(io_err("touching", &dest))?;
             }
-            let Staged { file, _lock: staging_lock } = staged;
-            file.persist(&dest).map_err(|e| io_err("renaming into", &dest)(e.error))?;
-            drop(staging_lock);
-            sync_dir(&self.blobs_dir())?;
+            _ => {
+                if dest.exists() {
+                    tracing::warn!(digest, "replacing a corrupt copy of the blob");
+                }
+                let Staged { file, _lock: staging_lock } = staged;
+                file.persist(&dest).map_err(|e| io_err("renaming into", &dest)(e.error))?;
+                drop(staging_lock);
+                sync_dir(&self.blobs_dir())?;
+            }
         }
         let lease = Lease::acquire(&dest, &digest)?;
         drop(lock);
@@ -635,40 +652,83 @@ impl Store {
     /// first) under the store lock, then collects garbage.
     fn remove_where(
         &self,
-        select: impl FnOnce(&StoreLock, &[Entry]) -> Result<BTreeSet<usize>, StoreError>,
+        select: impl FnOnce(&[Entry]) -> Result<BTreeSet<usize>, StoreError>,
     ) -> Result<Vec<Entry>, StoreError> {
         let lock = self.lock()?;
         let mut index = self.read_index()?;
         let entries: Vec<Entry> = index.manifests().iter().cloned().map(Entry::new).collect();
-        let doomed = select(&lock, &entries)?;
+        let doomed = select(&entries)?;
         if doomed.is_empty() {
             return Ok(Vec::new());
         }
         let (removed, kept): (Vec<_>, Vec<_>) = entries.into_iter().enumerate().partition(|(i, _)| doomed.contains(i));
+        let removed: Vec<Entry> = removed.into_iter().map(|(_, e)| e).collect();
+        let released = self.released_by(&removed);
         index.set_manifests(kept.into_iter().map(|(_, e)| e.descriptor).collect());
         self.write_index(&lock, &index)?;
-        let removed: Vec<Entry> = removed.into_iter().map(|(_, e)| e).collect();
         for entry in &removed {
             tracing::info!(digest = %entry.digest(), ref_name = entry.ref_name(), "removed checkpoint");
         }
-        // The entries are gone either way; what is not collected now is on the next run.
-        if let Err(e) = self.collect_garbage_locked(&lock) {
+        // The entries are gone either way; what is not collected now is on a later run.
+        if let Err(e) = self.collect_garbage_locked(&lock, &released) {
             tracing::warn!(error = %e, "store garbage collection failed");
         }
         Ok(removed)
     }
 
-    fn collect_garbage_locked(&self, lock: &StoreLock) -> Result<u64, StoreError> {
+    /// The blobs `removed` referenced, each with the time the newest of those
+    /// entries was committed (its manifest blob's modification time). An entry
+    /// whose manifest cannot be read releases nothing: its blobs are left to
+    /// the grace period.
+    fn released_by(&self, removed: &[Entry]) -> Released {
+        let mut released = Released::new();
+        for entry in removed {
+            let mut blobs = BTreeSet::new();
+            let committed_at = descriptor_hex(&entry.descriptor)
+                .and_then(|hex| {
+                    let path = self.blob_file(hex);
+                    fs::metadata(&path).and_then(|m| m.modified()).map_err(io_err("inspecting", &path))
+                })
+                .and_then(|time| self.references(&entry.descriptor, &mut blobs).map(|()| time));
+            match committed_at {
+                Ok(time) => {
+                    for hex in blobs {
+                        let at = released.entry(hex).or_insert(time);
+                        *at = (*at).max(time);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %entry.digest(), error = %e, "its blobs are left to the grace period")
+                }
+            }
+        }
+        released
+    }
+
+    fn collect_garbage_locked(&self, lock: &StoreLock, released: &Released) -> Result<u64, StoreError> {
         self.clean_staging(lock)?;
         let mut live = BTreeSet::new();
         for descriptor in self.read_index()?.manifests() {
             self.references(descriptor, &mut live)?;
         }
+        let now = SystemTime::now();
         let mut freed = 0;
-        for (hex, size) in self.blob_sizes()? {
+        for (hex, meta) in self.blob_files()? {
             if live.contains(&hex) {
                 continue;
             }
+            let digest = format!("{SHA256_PREFIX}{hex}");
+            let written = meta.modified().unwrap_or(now);
+            let collectable = match released.get(&hex) {
+                // Written again after the removed entry was committed: a writer may be about to commit it.
+                Some(committed_at) => written <= *committed_at,
+                None => now.duration_since(written).is_ok_and(|age| age >= ORPHAN_GRACE),
+            };
+            if !collectable {
+                tracing::debug!(digest, "keeping recently written unreferenced blob");
+                continue;
+            }
+            let size = meta.len();
             let path = self.blob_file(&hex);
             let file = match File::open(&path) {
                 Ok(file) => file,
@@ -678,11 +738,11 @@ impl Store {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(_unused) => {
                     remove_if_exists(&path)?;
-                    tracing::info!(digest = %format!("{SHA256_PREFIX}{hex}"), size, "removed unreferenced blob");
+                    tracing::info!(digest, size, "removed unreferenced blob");
                     freed += size;
                 }
                 Err((_, Errno::EWOULDBLOCK)) => {
-                    tracing::debug!(digest = %format!("{SHA256_PREFIX}{hex}"), "keeping unreferenced blob a writer holds");
+                    tracing::debug!(digest, "keeping unreferenced blob a writer holds");
                 }
                 Err((_, source)) => return Err(StoreError::Lock { path, source }),
             }
@@ -754,10 +814,10 @@ impl Store {
         Ok(())
     }
 
-    /// Size of every blob file, by hex digest.
-    fn blob_sizes(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+    /// Metadata of every blob file, by hex digest.
+    fn blob_files(&self) -> Result<BTreeMap<String, fs::Metadata>, StoreError> {
         let dir = self.blobs_dir();
-        let mut sizes = BTreeMap::new();
+        let mut files = BTreeMap::new();
         for item in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
             let item = item.map_err(io_err("listing", &dir))?;
             let Some(hex) = item.file_name().to_str().filter(|name| is_sha256_hex(name)).map(str::to_owned) else {
@@ -765,16 +825,20 @@ impl Store {
             };
             match item.metadata() {
                 Ok(meta) if meta.is_file() => {
-                    sizes.insert(hex, meta.len());
+                    files.insert(hex, meta);
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("inspecting", &item.path())(e)),
             }
         }
-        Ok(sizes)
+        Ok(files)
     }
 }
+
+/// Blobs (hex digests) the entries removed by one operation referenced, with
+/// the time the newest of those entries was committed.
+type Released = HashMap<String, SystemTime>;
 
 /// The exclusive store lock; functions taking `&StoreLock` must run under it.
 #[derive(Debug)]
@@ -985,6 +1049,16 @@ mod tests {
         fs::write(path, bytes).expect("write blob");
     }
 
+    /// Makes a blob look last written at `time`.
+    fn set_written(store: &Store, digest: &str, time: SystemTime) {
+        let file = File::options().write(true).open(store.blob_path(digest).expect("path")).expect("open blob");
+        file.set_modified(time).expect("set mtime");
+    }
+
+    fn ago(age: Duration) -> SystemTime {
+        SystemTime::now() - age
+    }
+
     fn exists(store: &Store, digest: &str) -> bool {
         store.blob_path(digest).expect("blob path").exists()
     }
@@ -1101,10 +1175,15 @@ mod tests {
         // A blob being streamed when the process died.
         let staging = root.join("tmp/blob-interrupted");
         fs::write(&staging, b"half a layer").expect("staging file");
-        // Blobs written but never committed.
+        // Blobs written but never committed, by a run that died a while ago.
         let orphan = store.write_blob_bytes(b"orphaned layer").expect("orphan").digest.clone();
         let raw_orphan = sha256_of(b"raw orphan");
         fs::write(store.blob_path(&raw_orphan).expect("path"), b"raw orphan").expect("raw orphan");
+        for digest in [&orphan, &raw_orphan] {
+            set_written(&store, digest, ago(ORPHAN_GRACE + Duration::from_secs(60)));
+        }
+        // A blob written moments ago by a writer that let go of its BlobInfo early.
+        let recent = store.write_blob_bytes(b"layer of a checkpoint in progress").expect("recent").digest.clone();
         // An index update that never got renamed into place.
         fs::write(root.join("index.json.tmp"), b"{\"schemaVer").expect("stale index");
         assert!(exists(&store, &orphan) && exists(&store, &raw_orphan));
@@ -1113,6 +1192,7 @@ mod tests {
         assert!(!staging.exists(), "staging file left behind");
         assert!(!exists(&store, &orphan), "uncommitted blob left behind");
         assert!(!exists(&store, &raw_orphan), "unreferenced blob left behind");
+        assert!(exists(&store, &recent), "a blob younger than ORPHAN_GRACE was collected");
         assert!(!root.join("index.json.tmp").exists(), "stale index.json.tmp left behind");
         assert_eq!(store.list().expect("list"), entries_before);
         for digest in committed.blobs() {
@@ -1126,6 +1206,13 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let pending_config = store.write_blob_bytes(b"{}").expect("config");
         let pending_layer = store.write_blob_bytes(b"layer not committed yet").expect("layer");
+        let abandoned = store.write_blob_bytes(b"layer of a failed checkpoint").expect("layer");
+        // The checkpoint takes longer than the grace period: only the leases protect its blobs.
+        for blob in [&pending_config, &pending_layer, &abandoned] {
+            set_written(&store, &blob.digest, ago(ORPHAN_GRACE * 2));
+        }
+        let abandoned_digest = abandoned.digest.clone();
+        drop(abandoned);
         let staging = dir.path().join("tmp/blob-being-written");
         fs::write(&staging, b"partial").expect("staging file");
         let writer_lock =
@@ -1135,6 +1222,7 @@ mod tests {
         Store::open(dir.path()).expect("open again");
         assert!(staging.exists(), "a live writer's staging file was removed");
         assert!(exists(&store, &pending_layer.digest), "a leased blob was collected");
+        assert!(!exists(&store, &abandoned_digest), "a stale blob nobody holds was kept");
 
         let json = manifest_json(
             pending_config.descriptor(MediaType::ImageConfig),
@@ -1174,10 +1262,11 @@ mod tests {
                     Store::open(dir.path()).expect("open while writing");
                 }
             });
-            for handle in handles {
-                handle.join().expect("writer thread");
-            }
+            let results: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
             done.store(true, Ordering::Relaxed);
+            for result in results {
+                result.expect("writer thread");
+            }
         });
 
         let store = Store::open(dir.path()).expect("reopen");
@@ -1320,6 +1409,7 @@ mod tests {
         let committed = checkpoint(&store, "ns/pod/app", 0, 10, &[]);
         flip_first_byte(&store.blob_path(&committed.manifest).expect("path"));
         let orphan = store.write_blob_bytes(b"orphan").expect("orphan").digest.clone();
+        set_written(&store, &orphan, ago(ORPHAN_GRACE * 2));
 
         // Which blobs the damaged manifest references is unknown: delete nothing.
         let store = Store::open(dir.path()).expect("open despite the damage");
@@ -1327,5 +1417,32 @@ mod tests {
         for digest in [&committed.config, &committed.layer, &orphan] {
             assert!(exists(&store, digest), "{digest} collected");
         }
+    }
+
+    #[test]
+    fn a_blob_written_again_survives_the_removal_of_its_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let shared = store.write_blob_bytes(b"empty rootfs diff").expect("layer");
+        let old = checkpoint(&store, "ns/pod/a", 0, 10, &[&shared]);
+        // Committed a minute ago; since then another checkpoint wrote the same layer
+        // and (carelessly) dropped its BlobInfo before committing.
+        let a_minute_ago = ago(Duration::from_secs(60));
+        for digest in old.blobs().into_iter().chain([shared.digest.as_str()]) {
+            set_written(&store, digest, a_minute_ago);
+        }
+        drop(shared);
+        let again = store.write_blob_bytes(b"empty rootfs diff").expect("same layer").digest.clone();
+
+        store.remove(std::slice::from_ref(&old.manifest)).expect("remove");
+        assert!(exists(&store, &again), "a blob written after the removed entry was collected with it");
+        for digest in old.blobs() {
+            assert!(!exists(&store, digest), "blob {digest} of the removed entry survived");
+        }
+
+        // Never committed after all: collected once ORPHAN_GRACE has passed.
+        set_written(&store, &again, ago(ORPHAN_GRACE + Duration::from_secs(1)));
+        store.collect_garbage().expect("collect garbage");
+        assert!(!exists(&store, &again));
     }
 }
