@@ -319,6 +319,18 @@ impl Cri {
         self.runtime.container_status(request).await?.into_inner().status.context("ContainerStatus without a status")
     }
 
+    /// Reads the number a container keeps in `/count` (the tests' counters).
+    pub async fn read_counter(&mut self, container_id: &str) -> Result<u64> {
+        let request = v1::ExecSyncRequest {
+            container_id: container_id.to_owned(),
+            cmd: vec!["cat".into(), "/count".into()],
+            timeout: 10,
+        };
+        let exec = self.runtime.exec_sync(request).await?.into_inner();
+        ensure!(exec.exit_code == 0, "cat /count: {}", String::from_utf8_lossy(&exec.stderr));
+        Ok(String::from_utf8_lossy(&exec.stdout).trim().parse()?)
+    }
+
     /// Stops and removes every pod carrying [`E2E_LABEL`].
     pub async fn sweep_test_pods(&mut self) -> Result<()> {
         let filter = v1::PodSandboxFilter {

@@ -59,18 +59,7 @@ impl Bed {
     }
 
     async fn count(&mut self, container_id: &str) -> Result<u64> {
-        let exec = self
-            .cri
-            .runtime
-            .exec_sync(v1::ExecSyncRequest {
-                container_id: container_id.to_owned(),
-                cmd: vec!["cat".into(), "/count".into()],
-                timeout: 10,
-            })
-            .await?
-            .into_inner();
-        ensure!(exec.exit_code == 0, "cat /count: {}", String::from_utf8_lossy(&exec.stderr));
-        Ok(String::from_utf8_lossy(&exec.stdout).trim().parse()?)
+        self.cri.read_counter(container_id).await
     }
 }
 
@@ -87,27 +76,13 @@ async fn start_stateful(bed: &mut Bed) -> Result<String> {
     config.labels.insert("io.kubernetes.pod.uid".into(), metadata.uid);
     let id = bed.cri.create_container(&pod_id, config, &pod).await?;
     bed.cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
-    let mut cri = bed.cri.clone();
-    let probe = id.clone();
+    let cri = bed.cri.clone();
     wait_for(Duration::from_secs(20), "the counter to reach 3", || {
         let mut cri = cri.clone();
-        let probe = probe.clone();
-        async move {
-            let exec = cri
-                .runtime
-                .exec_sync(v1::ExecSyncRequest {
-                    container_id: probe,
-                    cmd: vec!["cat".into(), "/count".into()],
-                    timeout: 5,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            String::from_utf8_lossy(&exec.stdout).trim().parse::<u64>().ok().filter(|n| *n >= 3)
-        }
+        let id = id.clone();
+        async move { cri.read_counter(&id).await.ok().filter(|n| *n >= 3) }
     })
     .await?;
-    let _ = &mut cri;
     Ok(id)
 }
 
@@ -173,21 +148,9 @@ async fn checkpoints_of_a_running_stateful_container() -> Result<()> {
     let status = bed.cri.container_status(&id).await?;
     ensure!(status.state == v1::ContainerState::ContainerRunning as i32, "container stopped by the checkpoint");
     let after = wait_for(Duration::from_secs(10), "the counter to go on", || {
-        let mut bed_cri = bed.cri.clone();
+        let mut cri = bed.cri.clone();
         let id = id.clone();
-        async move {
-            let exec = bed_cri
-                .runtime
-                .exec_sync(v1::ExecSyncRequest {
-                    container_id: id,
-                    cmd: vec!["cat".into(), "/count".into()],
-                    timeout: 5,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            String::from_utf8_lossy(&exec.stdout).trim().parse::<u64>().ok().filter(|n| *n > before + 1)
-        }
+        async move { cri.read_counter(&id).await.ok().filter(|n| *n > before + 1) }
     })
     .await?;
     println!("counter {before} before the checkpoint, {after} after");
@@ -382,18 +345,7 @@ async fn periodic_checkpoints_survive_a_restart_and_stop_takes_one_last() -> Res
 
     // Stop through lazarus: a last checkpoint is taken first, then the stop.
     let before_stop = digests_of(&state, &key)?;
-    let count_before = {
-        let exec = cri
-            .runtime
-            .exec_sync(v1::ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: vec!["cat".into(), "/count".into()],
-                timeout: 5,
-            })
-            .await?
-            .into_inner();
-        String::from_utf8_lossy(&exec.stdout).trim().parse::<u64>()?
-    };
+    let count_before = cri.read_counter(&id).await?;
     cri.runtime.stop_container(v1::StopContainerRequest { container_id: id.clone(), timeout: 20 }).await?;
     let status = cri.container_status(&id).await?;
     ensure!(status.state == v1::ContainerState::ContainerExited as i32, "stopped");
