@@ -425,7 +425,7 @@ impl Checkpointer {
         let compression = self.config.compression;
         let (tree2, scratch, created2, annotations2) =
             (tree.clone(), staging.path.clone(), created.clone(), annotations.clone());
-        let packaged = tokio::task::spawn_blocking(move || {
+        let mut packaged = tokio::task::spawn_blocking(move || {
             image::package(&store, &tree2, &scratch, compression, &annotations2, &created2)
         })
         .await
@@ -445,7 +445,8 @@ impl Checkpointer {
         .into();
         let store_err = |source| CheckpointError::Store { container_id: container_id.clone(), source };
         let store = self.store.clone();
-        let manifest = packaged.manifest;
+        let manifest = std::mem::take(&mut packaged.manifest);
+        // `packaged.blobs` stays alive (leased against garbage collection) until the commit returns.
         let committed = tokio::task::spawn_blocking(move || store.commit(&manifest, index_annotations))
             .await
             .map_err(|e| CheckpointError::Io {
@@ -454,6 +455,7 @@ impl Checkpointer {
                 source: std::io::Error::other(e.to_string()),
             })?
             .map_err(store_err)?;
+        drop(packaged.blobs);
         let digest = committed.digest().to_string();
         let pruned = self.store.prune_keep_newest(ann::CONTAINER_KEY, &key, keep).map_err(store_err)?.len();
         let checkpoint = Checkpoint {

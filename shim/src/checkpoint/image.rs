@@ -52,6 +52,10 @@ pub struct Packaged {
     pub layer_size: u64,
     /// Uncompressed tree size.
     pub tree_size: u64,
+    /// The layer and config blobs. Holding them keeps the store's garbage
+    /// collection away from them until the manifest is committed: keep this
+    /// value alive until [`Store::commit`] returns.
+    pub blobs: Vec<crate::store::BlobInfo>,
 }
 
 /// sha256 of everything written through it.
@@ -173,7 +177,7 @@ pub fn package(
         .build()
         .map_err(oci("manifest"))?;
     let manifest = manifest.to_string().map_err(oci("manifest"))?.into_bytes();
-    Ok(Packaged { manifest, layer_size: layer.size, tree_size })
+    Ok(Packaged { manifest, layer_size: layer.size, tree_size, blobs: vec![layer, config_blob] })
 }
 
 fn labels_with_created(annotations: &BTreeMap<String, String>, created: &str) -> HashMap<String, String> {
