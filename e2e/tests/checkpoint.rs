@@ -250,6 +250,15 @@ async fn checkpoints_of_a_running_stateful_container() -> Result<()> {
         index(&state)?.last().and_then(|m| m["digest"].as_str()).is_some_and(|d| fourth.ends_with(d)),
         "newest last"
     );
+    // The node's store size cap: older checkpoints go, the newest stays.
+    let config = bed.dir.path().join("capped.toml");
+    std::fs::write(&config, "store_max_size = \"1KiB\"\n")?;
+    let capped = bed.checkpoint(&id, &["--config", &config.display().to_string()])?;
+    let left = index(&state)?;
+    ensure!(
+        left.len() == 1 && capped.ends_with(left[0]["digest"].as_str().unwrap_or("?")),
+        "size cap keeps only the newest: {left:?}"
+    );
     let status = bed.cri.container_status(&id).await?;
     ensure!(status.state == v1::ContainerState::ContainerRunning as i32, "container still running at the end");
     let end = bed.count(&id).await?;

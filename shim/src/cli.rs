@@ -195,6 +195,7 @@ pub fn checkpointer(config: &Config) -> Result<Checkpointer, String> {
             run_dir: config.run_dir.clone(),
             max_concurrent: config.max_concurrent_checkpoints,
             compression: config.checkpoint_compression,
+            store_max_size: config.store_max_size,
         },
     ))
 }

@@ -82,6 +82,8 @@ pub struct FileConfig {
     pub max_concurrent_checkpoints: Option<usize>,
     /// Checkpoint layer compression: `zstd` (default) or `gzip`.
     pub checkpoint_compression: Option<String>,
+    /// Size cap of the local checkpoint store (`"50GiB"`, `"500MiB"`, bytes); none by default.
+    pub store_max_size: Option<String>,
 }
 
 /// Values given on the command line; `Some` wins over the file.
@@ -122,6 +124,8 @@ pub struct Config {
     pub max_concurrent_checkpoints: usize,
     /// Checkpoint layer compression.
     pub checkpoint_compression: crate::checkpoint::Compression,
+    /// Size cap of the local checkpoint store, in bytes.
+    pub store_max_size: Option<u64>,
 }
 
 /// Parses the text of a configuration file. `origin` names it in errors.
@@ -171,6 +175,10 @@ impl Config {
             None => crate::checkpoint::Compression::default(),
             Some(text) => text.parse().map_err(|reason: String| invalid("checkpoint_compression", text, reason))?,
         };
+        let store_max_size = match file.store_max_size.as_deref() {
+            None => None,
+            Some(text) => Some(parse_size(text).map_err(|reason| invalid("store_max_size", text, reason))?),
+        };
         Ok(Config {
             listen,
             upstream,
@@ -181,6 +189,7 @@ impl Config {
             upstream_connect_timeout,
             max_concurrent_checkpoints,
             checkpoint_compression,
+            store_max_size,
         })
     }
 }
@@ -199,6 +208,28 @@ fn duration_setting(key: &'static str, value: Option<String>, default: Duration)
         None => Ok(default),
         Some(text) => duration::parse(&text).map_err(|e| invalid(key, &text, e.reason)),
     }
+}
+
+/// Parses a size: bytes, or a number with `KiB`, `MiB`, `GiB`, `TiB` (or
+/// `K`, `M`, `G`, `T`, also powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| "expected a size like \"50GiB\"".to_owned())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB, GiB or TiB")),
+    };
+    let bytes = value * factor as f64;
+    if bytes < 1.0 || !bytes.is_finite() {
+        return Err("must be at least 1 byte".into());
+    }
+    Ok(bytes as u64)
 }
 
 /// Accepts `unix:///absolute/path` and `http://host:port` (for a runtime
@@ -311,6 +342,19 @@ mod tests {
         let file = FileConfig { shutdown_timeout: Some("soon".into()), ..Default::default() };
         let err = Config::resolve(file, Overrides::default()).expect_err("duration");
         assert!(err.to_string().contains("shutdown_timeout"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("50GiB"), Ok(50 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+        let err = Config::resolve(parse("store_max_size = \"huge\"", origin()).expect("parses"), Overrides::default())
+            .expect_err("invalid");
+        assert!(err.to_string().contains("store_max_size"), "{err}");
     }
 
     #[test]

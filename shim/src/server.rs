@@ -63,6 +63,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
             run_dir: config.run_dir.clone(),
             max_concurrent: config.max_concurrent_checkpoints,
             compression: config.checkpoint_compression,
+            store_max_size: config.store_max_size,
         },
     );
     let metrics = std::sync::Arc::new(crate::checkpoint::schedule::CheckpointMetrics::default());

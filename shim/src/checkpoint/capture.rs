@@ -164,6 +164,9 @@ pub struct CheckpointerConfig {
     pub max_concurrent: usize,
     /// Layer compression.
     pub compression: Compression,
+    /// Size cap of the local store; the oldest checkpoints go first, never a
+    /// container's newest.
+    pub store_max_size: Option<u64>,
 }
 
 /// A committed checkpoint.
@@ -457,7 +460,10 @@ impl Checkpointer {
             .map_err(store_err)?;
         drop(packaged.blobs);
         let digest = committed.digest().to_string();
-        let pruned = self.store.prune_keep_newest(ann::CONTAINER_KEY, &key, keep).map_err(store_err)?.len();
+        let mut pruned = self.store.prune_keep_newest(ann::CONTAINER_KEY, &key, keep).map_err(store_err)?.len();
+        if let Some(max) = self.config.store_max_size {
+            pruned += self.enforce_size_cap(max).map_err(store_err)?;
+        }
         let checkpoint = Checkpoint {
             reference: format!("local:{key}:{tag}@{digest}"),
             digest,
@@ -478,6 +484,29 @@ impl Checkpointer {
             "checkpoint committed"
         );
         Ok(checkpoint)
+    }
+
+    /// Removes the oldest checkpoints until the store fits `max` bytes,
+    /// keeping every container's newest one.
+    fn enforce_size_cap(&self, max: u64) -> Result<usize, StoreError> {
+        let entries = self.store.list()?;
+        let mut newest: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        for entry in &entries {
+            if let Some(key) = entry.annotation(ann::CONTAINER_KEY) {
+                newest.insert(key.to_owned(), entry.digest());
+            }
+        }
+        let removed = self.store.enforce_size_cap(max, |entry| {
+            entry.annotation(ann::CONTAINER_KEY).is_some_and(|key| newest.get(key) == Some(&entry.digest()))
+        })?;
+        for entry in &removed {
+            tracing::info!(
+                checkpoint = entry.ref_name().unwrap_or_default(),
+                max_bytes = max,
+                "removed to keep the local store under its size cap"
+            );
+        }
+        Ok(removed.len())
     }
 
     async fn write_side_files(
