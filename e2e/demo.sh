@@ -31,6 +31,11 @@ for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 step "a pod through lazarus, as kubelet would run it"
 target/release/lazarus-demo --socket "$socket"
 
+step "the checkpoint lazarus took when the pod was stopped"
+target/release/lazarus checkpoints list demo/counter/counter --state-dir /var/lib/lazarus-demo
+echo
+target/release/lazarus checkpoints inspect demo/counter/counter --state-dir /var/lib/lazarus-demo | sed -n '1,6p'
+
 kill -TERM $pid; wait $pid || die "lazarus exited with an error; see $log"
 trap - EXIT
 step "lazarus stopped on SIGTERM; its log ($log):"

@@ -35,12 +35,26 @@ async fn main() -> Result<()> {
     );
 
     let log_dir = PathBuf::from("/var/log/lazarus-demo/pods/counter");
-    let pod = pod_config("counter", "demo", &log_dir, &[]);
+    // A fresh log per run (kubelet gives every pod its own directory).
+    let _ = std::fs::remove_dir_all(&log_dir);
+    // Annotated as a user would: checkpoint before every stop, keep 3.
+    let pod = pod_config(
+        "counter",
+        "demo",
+        &log_dir,
+        &[("lazarus.dev/checkpoint-on-stop", "true"), ("lazarus.dev/checkpoint-keep", "3")],
+    );
     let pod_id = cri.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
     cri.pull(&image, &pod).await?;
-    let container_id =
-        cri.create_container(&pod_id, container_config("counter", &image, &["/bin/sh", "-c", COUNTER]), &pod).await?;
+    let mut config = container_config("counter", &image, &["/bin/sh", "-c", COUNTER]);
+    if let Some(metadata) = &pod.metadata {
+        // The labels kubelet puts on every container.
+        config.labels.insert("io.kubernetes.pod.name".into(), metadata.name.clone());
+        config.labels.insert("io.kubernetes.pod.namespace".into(), metadata.namespace.clone());
+        config.labels.insert("io.kubernetes.pod.uid".into(), metadata.uid.clone());
+    }
+    let container_id = cri.create_container(&pod_id, config, &pod).await?;
     cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
 
     let sandbox = cri
@@ -87,7 +101,10 @@ async fn main() -> Result<()> {
 
     cri.runtime.stop_container(v1::StopContainerRequest { container_id: container_id.clone(), timeout: 10 }).await?;
     let stopped = cri.container_status(&container_id).await?;
-    println!("stopped: exit code {}", stopped.exit_code);
+    println!(
+        "stopped: exit code {} — lazarus checkpointed it first (lazarus.dev/checkpoint-on-stop: \"true\")",
+        stopped.exit_code
+    );
     cri.runtime.remove_container(v1::RemoveContainerRequest { container_id }).await?;
     cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
     cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod_id }).await?;
