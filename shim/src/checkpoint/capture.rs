@@ -460,10 +460,22 @@ impl Checkpointer {
             .map_err(store_err)?;
         drop(packaged.blobs);
         let digest = committed.digest().to_string();
-        let mut pruned = self.store.prune_keep_newest(ann::CONTAINER_KEY, &key, keep).map_err(store_err)?.len();
-        if let Some(max) = self.config.store_max_size {
-            pruned += self.enforce_size_cap(max).map_err(store_err)?;
-        }
+        // Retention reads manifests and deletes blobs: off the event loop.
+        let (this, retention_key) = (self.clone(), key.clone());
+        let pruned = tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
+            let mut pruned = this.store.prune_keep_newest(ann::CONTAINER_KEY, &retention_key, keep)?.len();
+            if let Some(max) = this.config.store_max_size {
+                pruned += this.enforce_size_cap(max)?;
+            }
+            Ok(pruned)
+        })
+        .await
+        .map_err(|e| CheckpointError::Io {
+            action: "applying retention",
+            path: self.store.root().to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(store_err)?;
         let checkpoint = Checkpoint {
             reference: format!("local:{key}:{tag}@{digest}"),
             digest,
