@@ -105,7 +105,7 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
     let pod_id = cri.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
     cri.pull(&image, &pod).await?;
-    let mut config = container_config("memhog", &image, &["/memhog", &mib.to_string()]);
+    let mut config = container_config(&pod, "memhog", &image, &["/memhog", &mib.to_string()]);
     config.mounts.push(v1::Mount {
         container_path: "/memhog".into(),
         host_path: memhog.display().to_string(),

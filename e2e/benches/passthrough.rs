@@ -130,7 +130,7 @@ async fn main() -> Result<()> {
     setup.pull(&image, &pod).await?;
     let mut container_id = String::new();
     for i in 0..CONTAINERS {
-        let config = container_config(&format!("c{i}"), &image, &["/bin/sleep", "3600"]);
+        let config = container_config(&pod, &format!("c{i}"), &image, &["/bin/sleep", "3600"]);
         container_id = setup.create_container(&pod_id, config, &pod).await?;
     }
     let container_id: Arc<str> = container_id.into();

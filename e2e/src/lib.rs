@@ -377,12 +377,7 @@ pub fn pod_config(name: &str, namespace: &str, log_dir: &Path, annotations: &[(&
         linux: Some(v1::LinuxPodSandboxConfig {
             cgroup_parent: format!("/lazarus-e2e/pod{uid}"),
             security_context: Some(v1::LinuxSandboxSecurityContext {
-                namespace_options: Some(v1::NamespaceOption {
-                    network: v1::NamespaceMode::Pod as i32,
-                    pid: v1::NamespaceMode::Container as i32,
-                    ipc: v1::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(kubelet_namespaces()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -391,8 +386,20 @@ pub fn pod_config(name: &str, namespace: &str, log_dir: &Path, annotations: &[(&
     }
 }
 
-/// A container configuration as kubelet builds it.
-pub fn container_config(name: &str, image: &str, command: &[&str]) -> v1::ContainerConfig {
+/// The namespaces kubelet asks for: the pod's network and IPC, a private PID namespace.
+fn kubelet_namespaces() -> v1::NamespaceOption {
+    v1::NamespaceOption {
+        network: v1::NamespaceMode::Pod as i32,
+        pid: v1::NamespaceMode::Container as i32,
+        ipc: v1::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// A container configuration for a container of `pod`, as kubelet builds it
+/// (including the `io.kubernetes.pod.*` labels it puts on every container).
+pub fn container_config(pod: &v1::PodSandboxConfig, name: &str, image: &str, command: &[&str]) -> v1::ContainerConfig {
+    let metadata = pod.metadata.clone().unwrap_or_default();
     v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata { name: name.to_owned(), attempt: 0 }),
         image: Some(v1::ImageSpec { image: image.to_owned(), ..Default::default() }),
@@ -401,6 +408,9 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> v1::Contai
         labels: [
             (E2E_LABEL.to_owned(), "true".to_owned()),
             ("io.kubernetes.container.name".to_owned(), name.to_owned()),
+            ("io.kubernetes.pod.name".to_owned(), metadata.name),
+            ("io.kubernetes.pod.namespace".to_owned(), metadata.namespace),
+            ("io.kubernetes.pod.uid".to_owned(), metadata.uid),
         ]
         .into(),
         linux: Some(v1::LinuxContainerConfig {
@@ -411,12 +421,7 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> v1::Contai
                 ..Default::default()
             }),
             security_context: Some(v1::LinuxContainerSecurityContext {
-                namespace_options: Some(v1::NamespaceOption {
-                    network: v1::NamespaceMode::Pod as i32,
-                    pid: v1::NamespaceMode::Container as i32,
-                    ipc: v1::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(kubelet_namespaces()),
                 ..Default::default()
             }),
         }),

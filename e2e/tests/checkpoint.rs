@@ -69,11 +69,7 @@ async fn start_stateful(bed: &mut Bed) -> Result<String> {
     let pod = pod_config(POD, NAMESPACE, &bed.dir.path().join("pods"), &[("lazarus.dev/checkpoint-keep", "2")]);
     let pod_id = bed.cri.run_pod(&pod).await?;
     bed.cri.pull(&image, &pod).await?;
-    let mut config = container_config("stateful", &image, &["/bin/sh", "-c", STATEFUL]);
-    let metadata = pod.metadata.clone().context("pod metadata")?;
-    config.labels.insert("io.kubernetes.pod.name".into(), metadata.name);
-    config.labels.insert("io.kubernetes.pod.namespace".into(), metadata.namespace);
-    config.labels.insert("io.kubernetes.pod.uid".into(), metadata.uid);
+    let config = container_config(&pod, "stateful", &image, &["/bin/sh", "-c", STATEFUL]);
     let id = bed.cri.create_container(&pod_id, config, &pod).await?;
     bed.cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
     let cri = bed.cri.clone();
@@ -308,8 +304,9 @@ async fn periodic_checkpoints_survive_a_restart_and_stop_takes_one_last() -> Res
     for pod in [&pod, &bad_pod] {
         let pod_id = cri.run_pod(pod).await?;
         cri.pull(&image, pod).await?;
-        let id =
-            cri.create_container(&pod_id, container_config("worker", &image, &["/bin/sh", "-c", counter]), pod).await?;
+        let id = cri
+            .create_container(&pod_id, container_config(pod, "worker", &image, &["/bin/sh", "-c", counter]), pod)
+            .await?;
         cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
         ids.push(id);
     }

@@ -205,8 +205,9 @@ async fn kubelet_sequence(cri: &mut Cri, direct: &mut Cri, bed: &Testbed, log_di
     transcript.push("ListImages: has the pulled image".into());
 
     // Container.
-    let container_id =
-        cri.create_container(&pod_id, container_config("counter", &image, &["/bin/sh", "-c", COUNTER]), &pod).await?;
+    let container_id = cri
+        .create_container(&pod_id, container_config(&pod, "counter", &image, &["/bin/sh", "-c", COUNTER]), &pod)
+        .await?;
     transcript.push("CreateContainer: ok".into());
     cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
     transcript.push("StartContainer: ok".into());

@@ -187,17 +187,7 @@ fn open_store(config: &Config) -> Result<Store, String> {
 pub fn checkpointer(config: &Config) -> Result<Checkpointer, String> {
     let upstream = Upstream::new(config).map_err(|e| e.to_string())?;
     let store = Arc::new(open_store(config)?);
-    Ok(Checkpointer::new(
-        upstream,
-        store,
-        CheckpointerConfig {
-            state_dir: config.state_dir.clone(),
-            run_dir: config.run_dir.clone(),
-            max_concurrent: config.max_concurrent_checkpoints,
-            compression: config.checkpoint_compression,
-            store_max_size: config.store_max_size,
-        },
-    ))
+    Ok(Checkpointer::new(upstream, store, CheckpointerConfig::from(config)))
 }
 
 async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String> {

@@ -58,13 +58,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     let engine = crate::checkpoint::Checkpointer::new(
         upstream.clone(),
         std::sync::Arc::new(store),
-        crate::checkpoint::CheckpointerConfig {
-            state_dir: config.state_dir.clone(),
-            run_dir: config.run_dir.clone(),
-            max_concurrent: config.max_concurrent_checkpoints,
-            compression: config.checkpoint_compression,
-            store_max_size: config.store_max_size,
-        },
+        crate::checkpoint::CheckpointerConfig::from(config),
     );
     let metrics = std::sync::Arc::new(crate::checkpoint::schedule::CheckpointMetrics::default());
     let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone(), metrics).run());

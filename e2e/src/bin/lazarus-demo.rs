@@ -47,13 +47,7 @@ async fn main() -> Result<()> {
     let pod_id = cri.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
     cri.pull(&image, &pod).await?;
-    let mut config = container_config("counter", &image, &["/bin/sh", "-c", COUNTER]);
-    if let Some(metadata) = &pod.metadata {
-        // The labels kubelet puts on every container.
-        config.labels.insert("io.kubernetes.pod.name".into(), metadata.name.clone());
-        config.labels.insert("io.kubernetes.pod.namespace".into(), metadata.namespace.clone());
-        config.labels.insert("io.kubernetes.pod.uid".into(), metadata.uid.clone());
-    }
+    let config = container_config(&pod, "counter", &image, &["/bin/sh", "-c", COUNTER]);
     let container_id = cri.create_container(&pod_id, config, &pod).await?;
     cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
 

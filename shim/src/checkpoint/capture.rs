@@ -169,6 +169,18 @@ pub struct CheckpointerConfig {
     pub store_max_size: Option<u64>,
 }
 
+impl From<&crate::config::Config> for CheckpointerConfig {
+    fn from(config: &crate::config::Config) -> Self {
+        CheckpointerConfig {
+            state_dir: config.state_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            max_concurrent: config.max_concurrent_checkpoints,
+            compression: config.checkpoint_compression,
+            store_max_size: config.store_max_size,
+        }
+    }
+}
+
 /// A committed checkpoint.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
