@@ -128,6 +128,58 @@ pub fn lazarus_bin() -> Result<PathBuf> {
     .map_err(anyhow::Error::msg)
 }
 
+/// Installs the `lazarus-runc` wrapper under test where the test bed's `lazarus` runtime
+/// handler runs it (`LAZARUS_RUNC_WRAPPER` of the test bed's env file), once per test
+/// process, and returns that path. The binary is `LAZARUS_RUNC_BIN`, or built from this workspace like
+/// [`lazarus_bin`]; it is copied next to the destination and renamed over it, so a shim
+/// running the previous one never sees a half-written file.
+pub fn install_runc_wrapper() -> Result<PathBuf> {
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dest = PathBuf::from(Testbed::load()?.var("LAZARUS_RUNC_WRAPPER")?);
+    INSTALLED
+        .get_or_init(|| {
+            let built = match std::env::var_os("LAZARUS_RUNC_BIN") {
+                Some(bin) => PathBuf::from(bin),
+                None => {
+                    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                    let release = !cfg!(debug_assertions);
+                    let mut cmd = Command::new(cargo);
+                    cmd.current_dir(repo_root()).args([
+                        "build",
+                        "--quiet",
+                        "-p",
+                        "lazarus-shim",
+                        "--bin",
+                        "lazarus-runc",
+                    ]);
+                    if release {
+                        cmd.arg("--release");
+                    }
+                    let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
+                    if !status.success() {
+                        return Err(format!("cargo build of the lazarus-runc binary failed: {status}"));
+                    }
+                    let target =
+                        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+                    target.join(if release { "release" } else { "debug" }).join("lazarus-runc")
+                }
+            };
+            let install = || -> std::io::Result<()> {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = dest.parent().unwrap_or(Path::new("/"));
+                std::fs::create_dir_all(dir)?;
+                let tmp = dir.join(format!(".lazarus-runc.{}.tmp", std::process::id()));
+                std::fs::copy(&built, &tmp)?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&tmp, &dest)
+            };
+            install().map_err(|e| format!("installing {} as {}: {e}", built.display(), dest.display()))?;
+            Ok(dest.clone())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 /// A `lazarus serve` child process.
 #[derive(Debug)]
 pub struct LazarusProcess {
@@ -142,10 +194,27 @@ impl LazarusProcess {
     /// Starts `lazarus serve` on `socket` in front of `upstream_socket`,
     /// with state under `dir`; waits until the socket accepts connections.
     pub fn start(dir: &Path, socket: &Path, upstream_socket: &Path) -> Result<LazarusProcess> {
+        Self::start_with_config(dir, socket, upstream_socket, None)
+    }
+
+    /// Like [`LazarusProcess::start`], with a configuration file's text
+    /// (written to `dir/config.toml`) for settings that have no flag.
+    pub fn start_with_config(
+        dir: &Path,
+        socket: &Path,
+        upstream_socket: &Path,
+        config: Option<&str>,
+    ) -> Result<LazarusProcess> {
         let log = dir.join(format!("lazarus-{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new(lazarus_bin()?)
-            .arg("serve")
+        let mut command = Command::new(lazarus_bin()?);
+        command.arg("serve");
+        if let Some(text) = config {
+            let path = dir.join("config.toml");
+            std::fs::write(&path, text)?;
+            command.arg("--config").arg(path);
+        }
+        let child = command
             .arg("--listen")
             .arg(socket)
             .arg("--upstream")

@@ -47,6 +47,15 @@ CONTAINERD_FLAVOR_FILE=$LIB_DIR/containerd.flavor
 CONTAINERD_START_TIMEOUT=30
 CONTAINERD_STOP_TIMEOUT=30
 RUNC_ROOT=$RUN_DIR/runc
+# lazarus's runtime handler `lazarus`: containerd's runc shim runs this runc
+# wrapper (options.BinaryName) instead of runc. The e2e harness installs the
+# freshly built `lazarus-runc` here (install_runc_wrapper in e2e/src/lib.rs);
+# until then pods of that handler fail. Kept by down, like CRIU.
+RUNC_WRAPPER_DIR=/usr/local/lib/lazarus-testbed
+RUNC_WRAPPER=$RUNC_WRAPPER_DIR/lazarus-runc
+# Where lazarus leaves restore plans for the wrapper (LAZARUS_RESTORE_DIR of
+# containerd, hence of its shims and the wrapper).
+RESTORE_DIR=$LIB_DIR/restore
 NRI_SOCKET=$RUN_DIR/nri.sock
 CONTAINERD21_DIR=$OPT_DIR/containerd-2.1
 
@@ -82,7 +91,7 @@ DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # bookworm packages the test bed needs (the last line: CRIU build deps).
 PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
-  docker-registry protobuf-compiler curl python3 ca-certificates iproute2 patch
+  docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch
   util-linux xz-utils gcc make pkg-config
   libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libgnutls28-dev libbsd-dev libnftables-dev uuid-dev"
@@ -454,7 +463,26 @@ write_containerd_config() {
     CONTAINERD_SOCKET="$CONTAINERD_SOCKET" CONTAINERD_OPT="$CONTAINERD_OPT" \
     PAUSE_IMAGE="$PAUSE_IMAGE" RUNC_ROOT="$RUNC_ROOT" SHIM_BIN="$SHIM_BIN" \
     NRI_SOCKET="$NRI_SOCKET" CNI_BIN_DIR="$CNI_BIN_DIR" CNI_CONF_DIR="$CNI_CONF_DIR" \
-    REGISTRY_CONFIG_PATH="$REGISTRY_CONFIG_PATH"
+    REGISTRY_CONFIG_PATH="$REGISTRY_CONFIG_PATH" RUNC_WRAPPER="$RUNC_WRAPPER"
+}
+
+# The environment containerd runs with, one NAME=VALUE per line. Its shims,
+# and through them the runc wrapper, inherit it: LAZARUS_RUNC is the real runc
+# the wrapper calls, LAZARUS_RESTORE_DIR where it finds restore plans.
+containerd_environment() {
+  local runc
+  runc=$(command -v runc) || die "runc is not installed"
+  printf '%s\n' "PATH=$CONTAINERD_ENV_PATH" HOME=/root LANG=C.UTF-8 \
+    "LAZARUS_RESTORE_DIR=$RESTORE_DIR" "LAZARUS_RUNC=$runc"
+}
+
+# True when the running containerd $1 has exactly the environment we start
+# it with (a test bed brought up by an older testbed.sh may lack some).
+containerd_environment_matches() {
+  local want have
+  want=$(containerd_environment | sort)
+  have=$({ tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | sort) || return 1
+  [ "$want" = "$have" ]
 }
 
 # --- containerd process --------------------------------------------------------
@@ -483,7 +511,11 @@ start_containerd() {
   [ -x "$CONTAINERD_BIN" ] || die "$CONTAINERD_BIN missing; run '$SELF up --containerd $FLAVOR'"
   [ -f "$CONTAINERD_CONFIG" ] || die "$CONTAINERD_CONFIG missing; run '$SELF up --containerd $FLAVOR'"
   mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$RUNC_ROOT" \
-    "$CNI_IPAM_DIR"
+    "$CNI_IPAM_DIR" "$RUNC_WRAPPER_DIR"
+  mkdir -p "$RESTORE_DIR"
+  chmod 0700 "$RESTORE_DIR"
+  local environment
+  environment=$(containerd_environment)
   echo "$FLAVOR" >"$CONTAINERD_FLAVOR_FILE"
   rm -f "$CONTAINERD_SOCKET" "$CONTAINERD_SOCKET.ttrpc"
   printf '=== %s testbed.sh: starting containerd %s: %s --config %s\n' \
@@ -491,7 +523,8 @@ start_containerd() {
   # A new session with no inherited environment, no stdin and no lock fd.
   # Without job control the subshell is no group leader, so setsid execs in
   # place and $! is containerd's own PID.
-  (cd / && exec env -i PATH="$CONTAINERD_ENV_PATH" HOME=/root LANG=C.UTF-8 \
+  # shellcheck disable=SC2086 # $environment is NAME=VALUE words without spaces
+  (cd / && exec env -i $environment \
     setsid "$CONTAINERD_BIN" --config "$CONTAINERD_CONFIG") \
     </dev/null >>"$CONTAINERD_LOG" 2>&1 9>&- &
   local pid=$! waited=0
@@ -606,7 +639,7 @@ reset_containerd() {
   kill_leftover_workloads
   unmount_all
   rm -rf --one-file-system "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$RUNC_ROOT" \
-    "$CNI_IPAM_DIR" "$CONTAINERD_OPT" "$CONTAINERD_FLAVOR_FILE" "$NRI_SOCKET"
+    "$CNI_IPAM_DIR" "$CONTAINERD_OPT" "$CONTAINERD_FLAVOR_FILE" "$NRI_SOCKET" "$RESTORE_DIR"
 }
 
 # Bring the selected flavour up, reusing a running one when it matches.
@@ -623,12 +656,12 @@ ensure_containerd() {
   [ -n "$pid" ] && running_flavor=$(flavor_of_pid "$pid")
   data_flavor=$(cat "$CONTAINERD_FLAVOR_FILE" 2>/dev/null || true)
   if [ -n "$pid" ] && [ "$running_flavor" = "$FLAVOR" ]; then
-    if [ "$changed" -eq 0 ] && containerd_answers; then
+    if [ "$changed" -eq 0 ] && containerd_environment_matches "$pid" && containerd_answers; then
       log "containerd $FLAVOR: already running (pid $pid)"
       check_cri_plugins
       return 0
     fi
-    log "containerd $FLAVOR: configuration changed or not answering; restarting"
+    log "containerd $FLAVOR: configuration or environment changed, or not answering; restarting"
     stop_containerd
   elif [ -n "$pid" ] || { [ -n "$data_flavor" ] && [ "$data_flavor" != "$FLAVOR" ]; }; then
     log "containerd: switching from ${running_flavor:-$data_flavor} to $FLAVOR (its containers and data are removed)"
@@ -717,8 +750,12 @@ EOF
   timeout 120 "$CTR_BIN" --address "$CONTAINERD_SOCKET" -n k8s.io images import \
     "$PAUSE_IMAGE_TAR" >/dev/null ||
     die "ctr images import $PAUSE_IMAGE_TAR failed"
-  timeout 10 "$CTR_BIN" --address "$CONTAINERD_SOCKET" -n k8s.io images ls -q |
-    grep -qxF "$PAUSE_IMAGE" || die "$PAUSE_IMAGE missing from containerd after import"
+  # The listing is read whole: with pipefail, `ctr … | grep -q` fails whenever
+  # grep's early exit leaves ctr writing into a closed pipe (SIGPIPE).
+  local images
+  images=$(timeout 10 "$CTR_BIN" --address "$CONTAINERD_SOCKET" -n k8s.io images ls -q) ||
+    die "ctr images ls failed"
+  grep -qxF "$PAUSE_IMAGE" <<<"$images" || die "$PAUSE_IMAGE missing from containerd after import"
 }
 
 # --- Env file ------------------------------------------------------------------
@@ -762,10 +799,13 @@ write_env_file() {
     "SHIM_BIN=$SHIM_BIN" \
     "RUNC_BIN=$(command -v runc)" \
     "RUNC_ROOT=$RUNC_ROOT" \
+    "LAZARUS_RUNC_WRAPPER=$RUNC_WRAPPER" \
+    "LAZARUS_RESTORE_DIR=$RESTORE_DIR" \
     "CRIU_BIN=$CRIU_BIN" \
     "CRIU_VERSION=$(criu_version_of "$CRIU_BIN")" \
     "REGISTRY=$REGISTRY" \
     "REGISTRY_LOG=$REGISTRY_LOG" \
+    "REGISTRY_ROOT=$REGISTRY_ROOT" \
     "PAUSE_IMAGE=$PAUSE_IMAGE" \
     "PAUSE_IMAGE_DIGEST=$PAUSE_IMAGE_DIGEST" \
     "PAUSE_IMAGE_TAR=$PAUSE_IMAGE_TAR" \

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::checkpoint::{Checkpointer, CheckpointerConfig};
+use crate::checkpoint::{CheckpointRequest, Checkpointer, CheckpointerConfig};
 use crate::config::{self, Config, FileConfig, Overrides};
+use crate::registry::Reference;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -25,7 +26,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the CRI on a unix socket in front of the runtime (the node daemon).
     Serve(ServeArgs),
-    /// Checkpoint a running container now; prints the new checkpoint's reference.
+    /// Checkpoint a running container now; prints the new checkpoint's reference (and the registry's, when pushed).
     Checkpoint(CheckpointArgs),
     /// Look at the checkpoints in the node-local store.
     #[command(subcommand)]
@@ -71,9 +72,12 @@ pub struct ServeArgs {
 pub struct CheckpointArgs {
     /// Container id, or namespace/pod/container.
     pub container: String,
-    /// Checkpoints to keep for this container [default: the pod's lazarus.dev/checkpoint-keep, else 3].
+    /// Checkpoints to keep for this container, locally and in the registry [default: the pod's lazarus.dev/checkpoint-keep, else 3].
     #[arg(long)]
     pub keep: Option<usize>,
+    /// Push to this OCI repository (host[:port]/path) [default: the pod's lazarus.dev/checkpoint-repository].
+    #[arg(long, value_name = "REF")]
+    pub repository: Option<String>,
     /// Shared settings.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -194,8 +198,28 @@ async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String
     if args.keep == Some(0) {
         return Err("--keep must be at least 1".into());
     }
+    let repository = match &args.repository {
+        None => None,
+        Some(text) => {
+            let reference = Reference::parse(text).map_err(|e| format!("--repository: {e}"))?;
+            if reference.tag.is_some() || reference.digest.is_some() {
+                return Err(format!(
+                    "--repository {text:?}: expected a repository without tag or digest (lazarus chooses the tags)"
+                ));
+            }
+            Some(reference)
+        }
+    };
     let engine = checkpointer(config)?;
-    let checkpoint = engine.checkpoint(&args.container, args.keep).await.map_err(|e| e.to_string())?;
+    let request = CheckpointRequest { keep: args.keep, repository };
+    let checkpoint = engine.checkpoint_with(&args.container, request).await.map_err(|e| e.to_string())?;
     println!("{}", checkpoint.reference);
-    Ok(())
+    if let Some(pushed) = &checkpoint.pushed {
+        println!("{pushed}");
+    }
+    match checkpoint.push_error {
+        // The local checkpoint stays; the exit status tells the push failed.
+        Some(error) => Err(format!("{error} (the local checkpoint {} is kept)", checkpoint.reference)),
+        None => Ok(()),
+    }
 }

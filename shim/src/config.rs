@@ -26,6 +26,11 @@ pub const DEFAULT_MAX_CONCURRENT_CHECKPOINTS: usize = 2;
 /// How long connecting to the upstream may take before a call fails.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The containerd runtime handler restored pods run with.
+pub const DEFAULT_RESTORE_HANDLER: &str = "lazarus";
+/// Where kubelet's checkpoint API writes archives.
+pub const DEFAULT_RESTORE_ALLOWED_DIR: &str = "/var/lib/kubelet/checkpoints";
+
 /// Errors in the configuration file or flags.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +89,23 @@ pub struct FileConfig {
     pub checkpoint_compression: Option<String>,
     /// Size cap of the local checkpoint store (`"50GiB"`, `"500MiB"`, bytes); none by default.
     pub store_max_size: Option<String>,
+    /// Docker-style `config.json` with registry credentials; none: anonymous.
+    pub registry_credentials: Option<PathBuf>,
+    /// Registries (`host[:port]`, or `host` for every port) reached over plain HTTP.
+    pub insecure_registries: Option<Vec<String>>,
+    /// PEM files with CA certificates trusted for registries besides the system's.
+    pub registry_ca_files: Option<Vec<PathBuf>>,
+    /// Where restore plans are unpacked; the `lazarus-runc` wrapper must use the same
+    /// (`LAZARUS_RESTORE_DIR`). Default `/var/lib/lazarus/restore`.
+    pub restore_dir: Option<PathBuf>,
+    /// containerd runtime handler whose `BinaryName` is `lazarus-runc` (default `lazarus`).
+    pub restore_runtime_handler: Option<String>,
+    /// Registries checkpoints may be restored from (`host[:port]` or `host[:port]/path`); default none.
+    pub restore_allowed_registries: Option<Vec<String>>,
+    /// Directories checkpoint archives may be restored from (default `/var/lib/kubelet/checkpoints`).
+    pub restore_allowed_dirs: Option<Vec<PathBuf>>,
+    /// Sources (reference prefixes) that may be restored into a namespace other than their own.
+    pub restore_cross_namespace_sources: Option<Vec<String>>,
 }
 
 /// Values given on the command line; `Some` wins over the file.
@@ -126,6 +148,22 @@ pub struct Config {
     pub checkpoint_compression: crate::checkpoint::Compression,
     /// Size cap of the local checkpoint store, in bytes.
     pub store_max_size: Option<u64>,
+    /// Docker-style `config.json` with registry credentials.
+    pub registry_credentials: Option<PathBuf>,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificate files for registries.
+    pub registry_ca_files: Vec<PathBuf>,
+    /// Where restore plans are unpacked.
+    pub restore_dir: PathBuf,
+    /// The runtime handler of restored pods.
+    pub restore_runtime_handler: String,
+    /// Registries checkpoints may be restored from.
+    pub restore_allowed_registries: Vec<String>,
+    /// Directories checkpoint archives may be restored from.
+    pub restore_allowed_dirs: Vec<PathBuf>,
+    /// Sources that may be restored into another namespace.
+    pub restore_cross_namespace_sources: Vec<String>,
 }
 
 /// Parses the text of a configuration file. `origin` names it in errors.
@@ -179,6 +217,39 @@ impl Config {
             None => None,
             Some(text) => Some(parse_size(text).map_err(|reason| invalid("store_max_size", text, reason))?),
         };
+        let restore_dir = absolute_dir("restore_dir", file.restore_dir, crate::restore::plan::DEFAULT_RESTORE_DIR)?;
+        let restore_runtime_handler = file.restore_runtime_handler.unwrap_or_else(|| DEFAULT_RESTORE_HANDLER.into());
+        if restore_runtime_handler.is_empty()
+            || !restore_runtime_handler
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(invalid(
+                "restore_runtime_handler",
+                &restore_runtime_handler,
+                "expected a runtime handler name",
+            ));
+        }
+        let restore_allowed_dirs =
+            file.restore_allowed_dirs.unwrap_or_else(|| vec![PathBuf::from(DEFAULT_RESTORE_ALLOWED_DIR)]);
+        if let Some(dir) = restore_allowed_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(invalid("restore_allowed_dirs", dir.display(), "must be absolute paths"));
+        }
+        let restore_allowed_registries = file.restore_allowed_registries.unwrap_or_default();
+        if let Some(bad) = restore_allowed_registries.iter().find(|r| r.is_empty() || r.contains("://")) {
+            return Err(invalid("restore_allowed_registries", bad, "expected host[:port] or host[:port]/path"));
+        }
+        let registry_credentials = match file.registry_credentials {
+            Some(path) if !path.is_absolute() => {
+                return Err(invalid("registry_credentials", path.display(), "must be an absolute path"));
+            }
+            other => other,
+        };
+        let insecure_registries = parse_insecure_registries(file.insecure_registries.unwrap_or_default())?;
+        let registry_ca_files = file.registry_ca_files.unwrap_or_default();
+        if let Some(path) = registry_ca_files.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid("registry_ca_files", path.display(), "must be absolute paths"));
+        }
         Ok(Config {
             listen,
             upstream,
@@ -190,6 +261,14 @@ impl Config {
             max_concurrent_checkpoints,
             checkpoint_compression,
             store_max_size,
+            registry_credentials,
+            insecure_registries,
+            registry_ca_files,
+            restore_dir,
+            restore_runtime_handler,
+            restore_allowed_registries,
+            restore_allowed_dirs,
+            restore_cross_namespace_sources: file.restore_cross_namespace_sources.unwrap_or_default(),
         })
     }
 }
@@ -232,6 +311,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Validates `insecure_registries`: each entry `host` or `host:port`, no
+/// scheme, no path.
+pub fn parse_insecure_registries(entries: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    for entry in &entries {
+        if entry.contains("://") || entry.contains('/') {
+            return Err(invalid("insecure_registries", entry, "expected host or host:port, without scheme or path"));
+        }
+        crate::registry::reference::validate_domain(entry)
+            .map_err(|reason| invalid("insecure_registries", entry, reason))?;
+    }
+    Ok(entries)
+}
+
 /// Accepts `unix:///absolute/path` and `http://host:port` (for a runtime
 /// served over TCP, e.g. in tests).
 pub fn validate_upstream(uri: &str) -> Result<(), ConfigError> {
@@ -271,6 +363,34 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.max_concurrent_checkpoints, 2);
         assert_eq!(c.checkpoint_compression, crate::checkpoint::Compression::Zstd);
+        assert_eq!(c.restore_dir, Path::new("/var/lib/lazarus/restore"));
+        assert_eq!(c.restore_runtime_handler, "lazarus");
+        assert!(c.restore_allowed_registries.is_empty());
+        assert_eq!(c.restore_allowed_dirs, vec![PathBuf::from("/var/lib/kubelet/checkpoints")]);
+        assert!(c.restore_cross_namespace_sources.is_empty());
+    }
+
+    #[test]
+    fn restore_settings_are_validated() {
+        let text = "restore_dir = \"/srv/restore\"\nrestore_runtime_handler = \"lazarus-gpu\"\n\
+                    restore_allowed_registries = [\"reg.example.com/team\"]\n\
+                    restore_allowed_dirs = [\"/srv/archives\"]\n\
+                    restore_cross_namespace_sources = [\"reg.example.com/shared/\"]\n";
+        let c = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect("valid");
+        assert_eq!(c.restore_dir, Path::new("/srv/restore"));
+        assert_eq!(c.restore_runtime_handler, "lazarus-gpu");
+        assert_eq!(c.restore_allowed_registries, vec!["reg.example.com/team".to_owned()]);
+        assert_eq!(c.restore_allowed_dirs, vec![PathBuf::from("/srv/archives")]);
+        assert_eq!(c.restore_cross_namespace_sources, vec!["reg.example.com/shared/".to_owned()]);
+        for (text, key) in [
+            ("restore_dir = \"relative\"", "restore_dir"),
+            ("restore_runtime_handler = \"a b\"", "restore_runtime_handler"),
+            ("restore_allowed_dirs = [\"rel\"]", "restore_allowed_dirs"),
+            ("restore_allowed_registries = [\"https://reg\"]", "restore_allowed_registries"),
+        ] {
+            let err = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect_err(text);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]
@@ -355,6 +475,32 @@ mod tests {
         let err = Config::resolve(parse("store_max_size = \"huge\"", origin()).expect("parses"), Overrides::default())
             .expect_err("invalid");
         assert!(err.to_string().contains("store_max_size"), "{err}");
+    }
+
+    #[test]
+    fn registry_settings_are_validated() {
+        let c = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!(c.registry_credentials, None);
+        assert!(c.insecure_registries.is_empty() && c.registry_ca_files.is_empty());
+        let text = "registry_credentials = \"/etc/lazarus/registry.json\"\n\
+                    insecure_registries = [\"127.0.0.1:5000\", \"registry.lan\"]\n\
+                    registry_ca_files = [\"/etc/lazarus/ca.pem\"]\n";
+        let c = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect("valid");
+        assert_eq!(c.registry_credentials.as_deref(), Some(Path::new("/etc/lazarus/registry.json")));
+        assert_eq!(c.insecure_registries, vec!["127.0.0.1:5000".to_owned(), "registry.lan".to_owned()]);
+        assert_eq!(c.registry_ca_files, vec![PathBuf::from("/etc/lazarus/ca.pem")]);
+        for (text, key, value) in [
+            ("registry_credentials = \"config.json\"", "registry_credentials", "config.json"),
+            ("insecure_registries = [\"http://127.0.0.1:5000\"]", "insecure_registries", "http://127.0.0.1:5000"),
+            ("insecure_registries = [\"reg.lan/team\"]", "insecure_registries", "reg.lan/team"),
+            ("insecure_registries = [\"reg.lan:port\"]", "insecure_registries", "reg.lan:port"),
+            ("registry_ca_files = [\"ca.pem\"]", "registry_ca_files", "ca.pem"),
+        ] {
+            let err = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect_err(text);
+            assert!(matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key), "{text}: {err}");
+            assert!(err.to_string().contains(value), "{err}");
+        }
+        assert!(parse("insecure_registries = \"127.0.0.1:5000\"", origin()).is_err(), "a list is required");
     }
 
     #[test]

@@ -52,6 +52,16 @@ pub enum ProxyError {
         /// The protobuf error.
         source: prost::DecodeError,
     },
+    /// A container whose pod asks for a restore cannot be restored, and is not created.
+    #[error("restoring container {container} of pod {pod}: {source}")]
+    Restore {
+        /// The container name.
+        container: String,
+        /// `namespace/name` of the pod.
+        pod: String,
+        /// Why (boxed: restore errors are large and rare).
+        source: Box<crate::restore::RestoreError>,
+    },
 }
 
 impl ProxyError {
@@ -63,6 +73,7 @@ impl ProxyError {
             ProxyError::MessageTooLarge { .. } => Code::ResourceExhausted,
             ProxyError::MalformedFrame { .. } => Code::Internal,
             ProxyError::Decode { .. } => Code::InvalidArgument,
+            ProxyError::Restore { source, .. } => source.code(),
         }
     }
 }

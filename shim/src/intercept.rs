@@ -29,6 +29,15 @@ pub enum Intercept {
     /// `RuntimeService/StopContainer`: checkpoint first for pods annotated
     /// `lazarus.dev/checkpoint-on-stop: "true"`.
     StopContainer,
+    /// `RuntimeService/RunPodSandbox`: pods asking for a restore are put on
+    /// lazarus's runtime handler.
+    RunPodSandbox,
+    /// `RuntimeService/CreateContainer`: a restore is prepared (or refused) first.
+    CreateContainer,
+    /// `RuntimeService/StartContainer`: the outcome of a restore is recorded.
+    StartContainer,
+    /// `RuntimeService/RemoveContainer`: the container's restore plan goes too.
+    RemoveContainer,
 }
 
 /// Which interception, if any, applies to a gRPC path. Called for every call:
@@ -37,6 +46,10 @@ pub fn route(path: &str) -> Option<Intercept> {
     match path {
         "/runtime.v1.RuntimeService/Version" => Some(Intercept::Version),
         "/runtime.v1.RuntimeService/StopContainer" => Some(Intercept::StopContainer),
+        "/runtime.v1.RuntimeService/RunPodSandbox" => Some(Intercept::RunPodSandbox),
+        "/runtime.v1.RuntimeService/CreateContainer" => Some(Intercept::CreateContainer),
+        "/runtime.v1.RuntimeService/StartContainer" => Some(Intercept::StartContainer),
+        "/runtime.v1.RuntimeService/RemoveContainer" => Some(Intercept::RemoveContainer),
         _ => None,
     }
 }
@@ -46,6 +59,7 @@ pub async fn handle<B>(
     which: Intercept,
     upstream: &Upstream,
     checkpointer: Option<&crate::checkpoint::Checkpointer>,
+    restorer: Option<&crate::restore::Restorer>,
     request: http::Request<B>,
 ) -> Result<http::Response<Body>, ProxyError>
 where
@@ -76,6 +90,64 @@ where
             }
             Ok(call.forward::<v1::StopContainerResponse>(upstream).await?.into_http())
         }
+        Intercept::RunPodSandbox => {
+            let mut call = UnaryCall::<v1::RunPodSandboxRequest>::read(request).await?;
+            if let (Some(req), Some(restorer)) = (call.message.take(), restorer) {
+                if let Some(field) = crate::restore::engine::runtime_handler_patch(restorer, &req) {
+                    call.append_to_message(&field);
+                }
+                if let Some(config) = &req.config {
+                    restorer.prefetch(config);
+                }
+            }
+            Ok(call.forward::<v1::RunPodSandboxResponse>(upstream).await?.into_http())
+        }
+        Intercept::CreateContainer => {
+            let mut call = UnaryCall::<v1::CreateContainerRequest>::read(request).await?;
+            let (Some(req), Some(restorer)) = (call.message.take(), restorer) else {
+                return Ok(call.forward::<v1::CreateContainerResponse>(upstream).await?.into_http());
+            };
+            let staged = restorer.prepare(&req, call.deadline()).await.map_err(|e| restore_error(&req, e))?;
+            let response = call.forward::<v1::CreateContainerResponse>(upstream).await?;
+            if let (Some(staged), Some(created)) = (staged, &response.message)
+                && let Err(source) = staged.commit(&created.container_id)
+            {
+                // Never let it start fresh when a restore was promised: take it back.
+                restorer.discard(&created.container_id).await;
+                return Err(restore_error(&req, source));
+            }
+            Ok(response.into_http())
+        }
+        Intercept::StartContainer => {
+            let call = UnaryCall::<v1::StartContainerRequest>::read(request).await?;
+            let id = call.message.as_ref().map(|r| r.container_id.clone());
+            let response = call.forward::<v1::StartContainerResponse>(upstream).await?;
+            if let (Some(id), Some(restorer)) = (id, restorer)
+                && restorer.has_plan(&id)
+            {
+                restorer.started(&id, response.error_message().as_deref());
+            }
+            Ok(response.into_http())
+        }
+        Intercept::RemoveContainer => {
+            let call = UnaryCall::<v1::RemoveContainerRequest>::read(request).await?;
+            let id = call.message.as_ref().map(|r| r.container_id.clone());
+            let response = call.forward::<v1::RemoveContainerResponse>(upstream).await?;
+            if let (Some(id), Some(restorer), true) = (id, restorer, response.message.is_some()) {
+                restorer.removed(&id);
+            }
+            Ok(response.into_http())
+        }
+    }
+}
+
+/// A refused restore, with the container and pod it was for.
+fn restore_error(req: &v1::CreateContainerRequest, source: crate::restore::RestoreError) -> ProxyError {
+    let pod = req.sandbox_config.as_ref().and_then(|c| c.metadata.as_ref());
+    ProxyError::Restore {
+        container: req.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default(),
+        pod: pod.map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default(),
+        source: Box::new(source),
     }
 }
 
@@ -103,6 +175,23 @@ impl<M: Message + Default> UnaryCall<M> {
         Ok(UnaryCall { parts, raw, message })
     }
 
+    /// Appends encoded protobuf fields to the request message. Protobuf's
+    /// last-field-wins rule makes an appended scalar field replace an earlier
+    /// one, and every other byte — unknown fields included — stays as it was.
+    pub fn append_to_message(&mut self, fields: &[u8]) {
+        let Ok(message) = grpc_frame::unary_message(&self.raw, MAX_MESSAGE_SIZE) else { return };
+        let mut out = Vec::with_capacity(message.len() + fields.len());
+        out.extend_from_slice(&message);
+        out.extend_from_slice(fields);
+        self.raw = grpc_frame::encode(&out);
+        self.parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+
+    /// The caller's deadline, from its `grpc-timeout` header.
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        parse_grpc_timeout(self.parts.headers.get("grpc-timeout")?.to_str().ok()?)
+    }
+
     /// The gRPC method path.
     pub fn method(&self) -> &str {
         self.parts.uri.path()
@@ -124,6 +213,26 @@ impl<M: Message + Default> UnaryCall<M> {
         let message = if raw.is_empty() { None } else { decode(&method, "response", &raw)? };
         Ok(UnaryResponse { parts, raw, trailers, message })
     }
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`).
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Reads a whole request body: one gRPC message, at most kubelet's 16 MiB
@@ -161,6 +270,13 @@ pub struct UnaryResponse<M> {
 }
 
 impl<M> UnaryResponse<M> {
+    /// The upstream's error message when the call failed (`grpc-status` ≠ 0).
+    pub fn error_message(&self) -> Option<String> {
+        let headers = self.trailers.as_ref().filter(|t| t.contains_key("grpc-status")).unwrap_or(&self.parts.headers);
+        let status = tonic::Status::from_header_map(headers)?;
+        (status.code() != tonic::Code::Ok).then(|| status.message().to_owned())
+    }
+
     /// The response as it came from upstream, bytes and trailers unchanged.
     pub fn into_http(self) -> http::Response<Body> {
         http::Response::from_parts(
@@ -225,6 +341,17 @@ mod tests {
         assert_eq!(route("/runtime.v1.RuntimeService/ListContainers"), None);
         assert_eq!(route("/runtime.v1alpha2.RuntimeService/Version"), None);
         assert_eq!(route("/runtime.v1.RuntimeService/Versionx"), None);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("120S"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
     }
 
     #[tokio::test]

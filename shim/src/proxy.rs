@@ -12,17 +12,24 @@ use crate::{intercept, passthrough};
 pub struct Proxy {
     upstream: Upstream,
     checkpointer: Option<crate::checkpoint::Checkpointer>,
+    restorer: Option<crate::restore::Restorer>,
 }
 
 impl Proxy {
     /// A proxy in front of `upstream`.
     pub fn new(upstream: Upstream) -> Self {
-        Proxy { upstream, checkpointer: None }
+        Proxy { upstream, checkpointer: None, restorer: None }
     }
 
     /// Enables checkpoint-on-stop with `engine`.
     pub fn with_checkpointer(mut self, engine: crate::checkpoint::Checkpointer) -> Self {
         self.checkpointer = Some(engine);
+        self
+    }
+
+    /// Enables restores with `engine`.
+    pub fn with_restorer(mut self, engine: crate::restore::Restorer) -> Self {
+        self.restorer = Some(engine);
         self
     }
 
@@ -39,7 +46,10 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let result = match intercept::route(request.uri().path()) {
-            Some(which) => intercept::handle(which, &self.upstream, self.checkpointer.as_ref(), request).await,
+            Some(which) => {
+                intercept::handle(which, &self.upstream, self.checkpointer.as_ref(), self.restorer.as_ref(), request)
+                    .await
+            }
             None => passthrough::forward(&self.upstream, request).await,
         };
         result.unwrap_or_else(status_response)

@@ -31,6 +31,12 @@ pub enum ServeError {
     /// The checkpoint store could not be opened.
     #[error("opening the checkpoint store: {0}")]
     Store(crate::store::StoreError),
+    /// The restore engine could not start (restore dir).
+    #[error("starting the restore engine: {0}")]
+    Restore(crate::restore::RestoreError),
+    /// The registry settings are unusable (CA files).
+    #[error("registry settings: {0}")]
+    Registry(crate::registry::RegistryError),
     /// A state directory could not be created.
     #[error("creating directory {path}: {source}")]
     Directory {
@@ -55,14 +61,20 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     let upstream = Upstream::new(config)?;
     let socket = listener::bind(&config.listen)?;
     let store = crate::store::Store::open(&config.state_dir.join("store")).map_err(ServeError::Store)?;
+    let store = std::sync::Arc::new(store);
     let engine = crate::checkpoint::Checkpointer::new(
         upstream.clone(),
-        std::sync::Arc::new(store),
+        store.clone(),
         crate::checkpoint::CheckpointerConfig::from(config),
     );
-    let metrics = std::sync::Arc::new(crate::checkpoint::schedule::CheckpointMetrics::default());
+    // Built now (system and registry_ca_files certificates): unusable CA files stop the daemon at start.
+    let registry = engine.registry_client().await.map_err(ServeError::Registry)?;
+    let restorer =
+        crate::restore::Restorer::new(upstream.clone(), store, crate::restore::RestorerConfig::from(config), registry)
+            .map_err(ServeError::Restore)?;
+    let metrics = engine.metrics().clone();
     let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone(), metrics).run());
-    let proxy = Proxy::new(upstream).with_checkpointer(engine);
+    let proxy = Proxy::new(upstream).with_checkpointer(engine).with_restorer(restorer);
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream,

@@ -99,9 +99,76 @@ async fn main() -> Result<()> {
         "stopped: exit code {} — lazarus checkpointed it first (lazarus.dev/checkpoint-on-stop: \"true\")",
         stopped.exit_code
     );
+    let last = std::fs::read_to_string(&log_path).ok().and_then(|t| t.lines().filter_map(count_of).max());
+    cri.runtime.remove_container(v1::RemoveContainerRequest { container_id }).await?;
+    cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
+    cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod_id }).await?;
+    println!("pod removed (its last count was {})", last.map_or("?".into(), |n| n.to_string()));
+
+    // The pod comes back — on a node, this is the pod re-created after a drain
+    // or a node loss — annotated to restore its latest checkpoint.
+    println!();
+    println!("a new pod demo/counter, annotated lazarus.dev/restore-from: latest");
+    let log_dir = PathBuf::from("/var/log/lazarus-demo/pods/counter-restored");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let pod = pod_config(
+        "counter",
+        "demo",
+        &log_dir,
+        &[
+            ("lazarus.dev/restore-from", "latest"),
+            ("lazarus.dev/checkpoint-on-stop", "true"),
+            ("lazarus.dev/checkpoint-keep", "3"),
+        ],
+    );
+    let pod_id = cri.run_pod(&pod).await?;
+    let sandbox = cri
+        .runtime
+        .pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("no pod status")?;
+    println!(
+        "pod demo/counter {} — IP {}, runtime handler {:?} (set by lazarus)",
+        &pod_id[..12],
+        sandbox.network.map(|n| n.ip).unwrap_or_default(),
+        sandbox.runtime_handler
+    );
+    let config = container_config(&pod, "counter", &image, &["/bin/sh", "-c", COUNTER]);
+    let container_id = cri.create_container(&pod_id, config, &pod).await?;
+    cri.runtime.start_container(v1::StartContainerRequest { container_id: container_id.clone() }).await?;
+    let log_path = log_dir.join("counter/0.log");
+    let log = wait_for(Duration::from_secs(20), "three log lines from the restored container", || {
+        let log_path = log_path.clone();
+        async move { std::fs::read_to_string(&log_path).ok().filter(|t| t.lines().count() >= 3) }
+    })
+    .await?;
+    let status = cri.container_status(&container_id).await?;
+    println!(
+        "container counter {} — {}, restored from its checkpoint",
+        &container_id[..12],
+        v1::ContainerState::try_from(status.state).map(|s| s.as_str_name()).unwrap_or("?")
+    );
+    println!("its log in the new pod ({}):", log_path.display());
+    for line in log.lines() {
+        println!("    {line}");
+    }
+    let first = log.lines().find_map(count_of);
+    ensure!(
+        first.is_some_and(|n| n > 0),
+        "the restored counter started from {first:?}; it should count on from the checkpoint"
+    );
+    println!("it counts on from {} instead of starting at 0", first.unwrap_or_default());
+    cri.runtime.stop_container(v1::StopContainerRequest { container_id: container_id.clone(), timeout: 10 }).await?;
     cri.runtime.remove_container(v1::RemoveContainerRequest { container_id }).await?;
     cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await?;
     cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod_id }).await?;
     println!("pod removed; every call above went through lazarus");
     Ok(())
+}
+
+/// The number of a `count N` line of a CRI log file.
+fn count_of(line: &str) -> Option<u64> {
+    line.rsplit_once("count ").and_then(|(_, n)| n.trim().parse().ok())
 }

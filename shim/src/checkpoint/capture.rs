@@ -7,11 +7,15 @@
 //!    is frozen only for CRIU's own dump and keeps running;
 //! 3. the writable layer's changes, spec, CRI status and metadata;
 //! 4. packaged as an OCI image (after the container runs again) and
-//!    committed to the node-local store, then retention.
+//!    committed to the node-local store, then retention;
+//! 5. if the pod names a repository (or the caller does), pushed to that
+//!    registry from the store's files, then registry retention. A failed push
+//!    never undoes the local checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use lazarus_proto::v1;
@@ -21,7 +25,9 @@ use tonic::Status;
 use super::annotations::{self as ann, files};
 use super::image::{self, PackageError};
 use super::locks::{self, LockError};
+use super::schedule::CheckpointMetrics;
 use crate::containerd_api::{self, CheckpointOptions, CheckpointTaskRequest, CheckpointTaskResponse};
+use crate::registry::{Reference, RegistryClient, RegistryError, RegistrySettings};
 use crate::rootfs_diff;
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
@@ -167,6 +173,8 @@ pub struct CheckpointerConfig {
     /// Size cap of the local store; the oldest checkpoints go first, never a
     /// container's newest.
     pub store_max_size: Option<u64>,
+    /// How registries are reached (credentials, insecure registries, CA files).
+    pub registry: RegistrySettings,
 }
 
 impl From<&crate::config::Config> for CheckpointerConfig {
@@ -177,6 +185,7 @@ impl From<&crate::config::Config> for CheckpointerConfig {
             max_concurrent: config.max_concurrent_checkpoints,
             compression: config.checkpoint_compression,
             store_max_size: config.store_max_size,
+            registry: RegistrySettings::from(config),
         }
     }
 }
@@ -202,6 +211,23 @@ pub struct Checkpoint {
     pub total_time: Duration,
     /// Older checkpoints removed by retention.
     pub pruned: usize,
+    /// The registry reference it was pushed to (`host/repo:tag@sha256:…`),
+    /// when a repository was named and the push succeeded.
+    pub pushed: Option<String>,
+    /// Why the push failed, when a repository was named (or malformed) and
+    /// the push did not succeed. The local checkpoint is committed either way.
+    pub push_error: Option<String>,
+}
+
+/// What to do beyond the local checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointRequest {
+    /// Checkpoints to keep for the container, locally and in the registry
+    /// (`None`: the pod's `lazarus.dev/checkpoint-keep`, else 3).
+    pub keep: Option<usize>,
+    /// Repository to push to; overrides the pod's
+    /// `lazarus.dev/checkpoint-repository`.
+    pub repository: Option<Reference>,
 }
 
 /// The checkpoint engine. Cheap to clone.
@@ -210,6 +236,9 @@ pub struct Checkpointer {
     upstream: Upstream,
     store: Arc<Store>,
     config: Arc<CheckpointerConfig>,
+    metrics: Arc<CheckpointMetrics>,
+    /// Built on the first push (reads the system's CA certificates).
+    registry: Arc<tokio::sync::OnceCell<RegistryClient>>,
 }
 
 /// Everything the runtime tells about a container.
@@ -258,7 +287,32 @@ const VERSION: &str = "/runtime.v1.RuntimeService/Version";
 impl Checkpointer {
     /// An engine over `upstream` storing into `store`.
     pub fn new(upstream: Upstream, store: Arc<Store>, config: CheckpointerConfig) -> Self {
-        Checkpointer { upstream, store, config: Arc::new(config) }
+        Checkpointer { upstream, store, config: Arc::new(config), metrics: Arc::default(), registry: Arc::default() }
+    }
+
+    /// Counts into `metrics` (shared with the scheduler).
+    pub fn with_metrics(mut self, metrics: Arc<CheckpointMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<CheckpointMetrics> {
+        &self.metrics
+    }
+
+    /// The registry client (built on first use).
+    pub async fn registry_client(&self) -> Result<RegistryClient, RegistryError> {
+        self.registry
+            .get_or_try_init(|| async {
+                // Reads the system's CA certificates: off the event loop.
+                let settings = self.config.registry.clone();
+                tokio::task::spawn_blocking(move || RegistryClient::new(settings))
+                    .await
+                    .map_err(|e| RegistryError::Tls { reason: format!("loading CA certificates: {e}") })?
+            })
+            .await
+            .cloned()
     }
 
     /// The runtime.
@@ -367,11 +421,24 @@ impl Checkpointer {
 
     /// Checkpoints a running container (id or `namespace/pod/container`),
     /// commits the image to the local store and applies retention (`keep`
-    /// newest of this container; `None` = the pod's annotation or the default).
+    /// newest of this container; `None` = the pod's annotation or the default);
+    /// pushes it if the pod names a repository.
     pub async fn checkpoint(&self, container: &str, keep: Option<usize>) -> Result<Checkpoint, CheckpointError> {
+        self.checkpoint_with(container, CheckpointRequest { keep, repository: None }).await
+    }
+
+    /// [`checkpoint`](Self::checkpoint) with a repository that overrides the
+    /// pod's. The result is an error only if the local checkpoint failed; a
+    /// failed push is reported in [`Checkpoint::push_error`].
+    pub async fn checkpoint_with(
+        &self,
+        container: &str,
+        wanted: CheckpointRequest,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let CheckpointRequest { keep, repository: requested_repository } = wanted;
         let started = Instant::now();
         let container_id = self.resolve(container).await?;
-        let _permit =
+        let permit =
             locks::acquire(&self.config.run_dir.join("locks"), &container_id, self.config.max_concurrent).await?;
         let target = self.inspect(&container_id).await?;
         let metadata = target.pod.metadata.clone().unwrap_or_default();
@@ -488,7 +555,7 @@ impl Checkpointer {
             source: std::io::Error::other(e.to_string()),
         })?
         .map_err(store_err)?;
-        let checkpoint = Checkpoint {
+        let mut checkpoint = Checkpoint {
             reference: format!("local:{key}:{tag}@{digest}"),
             digest,
             key,
@@ -498,6 +565,8 @@ impl Checkpointer {
             frozen_time,
             total_time: started.elapsed(),
             pruned,
+            pushed: None,
+            push_error: None,
         };
         tracing::info!(
             container_id = %container_id,
@@ -507,7 +576,105 @@ impl Checkpointer {
             pruned,
             "checkpoint committed"
         );
+
+        // The registry: never fails or undoes the local checkpoint.
+        let repository = match requested_repository {
+            Some(repository) => Some(repository),
+            None => match repository_from_annotations(&target.pod.annotations) {
+                Ok(repository) => repository,
+                Err(reason) => {
+                    self.metrics.rejected_annotations.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.push_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        container_id = %container_id,
+                        pod = %checkpoint.key,
+                        "{reason}; the local checkpoint is kept, nothing is pushed"
+                    );
+                    checkpoint.push_error = Some(reason);
+                    None
+                }
+            },
+        };
+        if let Some(repository) = repository {
+            // Pushing is network I/O: give the node-wide slot to the next dump,
+            // keep this container's lock (one checkpoint or push at a time).
+            let _container_lock = permit.release_slot();
+            self.push(&mut checkpoint, &container_id, &container_name, &repository, keep).await;
+        }
         Ok(checkpoint)
+    }
+
+    /// Pushes a committed checkpoint and applies registry retention; records
+    /// the outcome in `checkpoint` and the metrics.
+    async fn push(
+        &self,
+        checkpoint: &mut Checkpoint,
+        container_id: &str,
+        container_name: &str,
+        repository: &Reference,
+        keep: usize,
+    ) {
+        let started = Instant::now();
+        let result = match self.registry_client().await {
+            Ok(client) => crate::registry::push_checkpoint(
+                &client,
+                &self.store,
+                &checkpoint.digest,
+                repository,
+                container_name,
+                &checkpoint.tag,
+            )
+            .await
+            .map(|pushed| (client, pushed))
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok((client, pushed)) => {
+                self.metrics.pushed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    container_id,
+                    pod = %checkpoint.key,
+                    reference = %pushed.reference,
+                    uploaded = pushed.uploaded,
+                    uploaded_bytes = pushed.uploaded_bytes,
+                    push_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint pushed"
+                );
+                checkpoint.pushed = Some(pushed.reference);
+                match crate::registry::apply_retention(&client, repository, container_name, keep).await {
+                    Ok(outcome) if !outcome.removed.is_empty() => tracing::info!(
+                        container_id,
+                        repository = %repository,
+                        removed = outcome.removed.len(),
+                        kept = outcome.kept.len(),
+                        "registry retention applied"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        container_id,
+                        pod = %checkpoint.key,
+                        repository = %repository,
+                        error = %e,
+                        "registry retention failed; older checkpoints stay in the registry"
+                    ),
+                }
+            }
+            Err(error) => {
+                self.metrics.push_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    container_id,
+                    pod = %checkpoint.key,
+                    registry = %repository.registry,
+                    repository = %repository,
+                    local = %checkpoint.reference,
+                    error = %error,
+                    "pushing the checkpoint failed; the local checkpoint is kept and the registry's \
+                     previous checkpoints are untouched"
+                );
+                checkpoint.push_error = Some(format!("pushing to {repository}: {error}"));
+            }
+        }
     }
 
     /// Removes the oldest checkpoints until the store fits `max` bytes,
@@ -686,6 +853,21 @@ pub fn keep_from_annotations(annotations: &std::collections::HashMap<String, Str
     }
 }
 
+/// The pod's `lazarus.dev/checkpoint-repository`: `Ok(None)` when not
+/// annotated, `Err` (annotation, value and reason) when malformed or when it
+/// has a tag or digest (lazarus chooses the tags).
+pub fn repository_from_annotations(
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<Option<Reference>, String> {
+    let Some(value) = annotations.get(ann::CHECKPOINT_REPOSITORY) else { return Ok(None) };
+    let reject = |reason: String| format!("{}={value:?} rejected: {reason}", ann::CHECKPOINT_REPOSITORY);
+    let reference = Reference::parse(value).map_err(|e| reject(e.reason))?;
+    if reference.tag.is_some() || reference.digest.is_some() {
+        return Err(reject("expected a repository without tag or digest (lazarus chooses the tags)".into()));
+    }
+    Ok(Some(reference))
+}
+
 /// The lines of CRIU's dump log that explain a failure: errors and
 /// warnings, then the last lines.
 pub fn dump_log_excerpt(path: &Path) -> String {
@@ -799,6 +981,20 @@ mod tests {
         for bad in ["0", "-1", "many", ""] {
             a.insert(ann::CHECKPOINT_KEEP.to_owned(), bad.to_owned());
             assert_eq!(keep_from_annotations(&a), 3, "{bad}");
+        }
+    }
+
+    #[test]
+    fn repository_annotation_is_validated() {
+        let mut a = std::collections::HashMap::new();
+        assert_eq!(repository_from_annotations(&a), Ok(None));
+        a.insert(ann::CHECKPOINT_REPOSITORY.to_owned(), "registry.example.com/team/job".to_owned());
+        let r = repository_from_annotations(&a).expect("valid").expect("set");
+        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("registry.example.com", "team/job"));
+        for bad in ["team/job", "registry.example.com/Team", "registry.example.com/team/job:v1", ""] {
+            a.insert(ann::CHECKPOINT_REPOSITORY.to_owned(), bad.to_owned());
+            let err = repository_from_annotations(&a).expect_err(bad);
+            assert!(err.starts_with(&format!("lazarus.dev/checkpoint-repository={bad:?} rejected: ")), "{err}");
         }
     }
 

@@ -35,6 +35,20 @@ pub struct CheckpointPermit {
     _slot: Flock<File>,
 }
 
+/// The container's lock alone: held while a committed checkpoint is pushed
+/// to a registry, which does not take one of the node-wide slots.
+#[derive(Debug)]
+pub struct ContainerLock {
+    _container: Flock<File>,
+}
+
+impl CheckpointPermit {
+    /// Gives the node-wide slot back and keeps the container's lock.
+    pub fn release_slot(self) -> ContainerLock {
+        ContainerLock { _container: self._container }
+    }
+}
+
 fn open(path: &Path) -> Result<File, LockError> {
     OpenOptions::new()
         .create(true)
@@ -91,5 +105,18 @@ mod tests {
             .expect("task")
             .expect("permit");
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_released_slot_frees_the_node_but_not_the_container() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pushing = acquire(dir.path(), "a", 1).await.expect("first").release_slot();
+        let other = tokio::time::timeout(Duration::from_secs(5), acquire(dir.path(), "b", 1))
+            .await
+            .expect("the slot is free")
+            .expect("permit");
+        let err = acquire(dir.path(), "a", 1).await.expect_err("container a is still locked");
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+        drop((pushing, other));
     }
 }

@@ -16,4 +16,4 @@ pub mod locks;
 pub mod on_stop;
 pub mod schedule;
 
-pub use capture::{Checkpoint, CheckpointError, Checkpointer, CheckpointerConfig, Compression};
+pub use capture::{Checkpoint, CheckpointError, CheckpointRequest, Checkpointer, CheckpointerConfig, Compression};

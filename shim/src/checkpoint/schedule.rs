@@ -29,6 +29,11 @@ pub struct CheckpointMetrics {
     pub failed: AtomicU64,
     /// Annotation values rejected.
     pub rejected_annotations: AtomicU64,
+    /// Checkpoints pushed to a registry.
+    pub pushed: AtomicU64,
+    /// Pushes that failed (registry unreachable or refusing, malformed
+    /// repository); the local checkpoints were kept.
+    pub push_failed: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
