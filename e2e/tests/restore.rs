@@ -31,6 +31,11 @@ struct Bed {
 
 impl Bed {
     async fn up() -> Result<Bed> {
+        Self::up_with(r#"["127.0.0.1:5000/lazarus-e2e"]"#).await
+    }
+
+    /// With `restore_allowed_registries` set to `allowed_registries` (TOML).
+    async fn up_with(allowed_registries: &str) -> Result<Bed> {
         let bed = Testbed::load()?;
         lazarus_e2e::install_runc_wrapper()?;
         let dir = tempfile::tempdir()?;
@@ -40,8 +45,8 @@ impl Bed {
         let config = format!(
             "restore_dir = {restore_dir:?}\n\
              restore_allowed_dirs = [{archives:?}]\n\
-             restore_allowed_registries = [\"127.0.0.1:5000/lazarus-e2e\"]\n\
-             insecure_registries = [\"127.0.0.1:5000\"]\n"
+             restore_allowed_registries = {allowed_registries}\n\
+             insecure_registries = [\"127.0.0.1\"]\n"
         );
         let socket = dir.path().join("cri.sock");
         let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
@@ -61,8 +66,13 @@ impl Bed {
 
     /// `lazarus checkpoint` against the daemon's own store; returns the reference.
     fn checkpoint(&self, container: &str) -> Result<String> {
+        self.checkpoint_with(container, &[])
+    }
+
+    fn checkpoint_with(&self, container: &str, extra: &[&str]) -> Result<String> {
         let out = Command::new(lazarus_e2e::lazarus_bin()?)
             .args(["checkpoint", container])
+            .args(extra)
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
             .arg("--upstream")
@@ -481,16 +491,34 @@ async fn refusals_say_which_check_failed_and_create_nothing() -> Result<()> {
     Ok(())
 }
 
+/// The stateful workload without network: containerd's own CheckpointContainer
+/// (kubelet's checkpoint API) does not dump established TCP connections.
+const STATEFUL_OFFLINE: &str = "echo stateful > /data.txt; rm /bin/vi; \
+    i=0; while true; do echo $i > /count; echo count $i; i=$((i+1)); sleep 1; done";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubelet_checkpoint_archive_restores_too() -> Result<()> {
     let _serial = lazarus_e2e::serial().await;
     let mut bed = Bed::up().await?;
+    let mut archives = Vec::new();
+
+    // The checkpointctl layout (what CRI-O writes), built from a lazarus checkpoint.
     let pod = bed.pod("archived", NAMESPACE, &[]);
     let (pod_id, id) = bed.stateful(&pod).await?;
     let (reference, before, _) = bed.checkpoint_counting(&id, &format!("{NAMESPACE}/archived/stateful")).await?;
-    let mut archives = Vec::new();
+    let ours = bed.archives().join(format!("checkpoint-archived_{NAMESPACE}-stateful-2026-11-23T00:00:00Z.tar"));
+    archive_from_checkpoint(&bed.state_dir(), &digest_of(&reference)?, &ours)?;
+    archives.push((ours, "checkpointctl layout", before));
+    bed.remove_pod(&pod_id).await?;
+
     // What kubelet's checkpoint API asks of the runtime (CRI CheckpointContainer,
-    // containerd >= 2.0): the runtime's own archive, in kubelet's directory layout.
+    // containerd >= 2.0): the runtime's own archive, in kubelet's directory.
+    let pod = bed.pod("archived", NAMESPACE, &[]);
+    let pod_id = bed.run_pod(&pod).await?;
+    let config = container_config(&pod, "stateful", &bed.image, &["/bin/sh", "-c", STATEFUL_OFFLINE]);
+    let id = bed.cri.create_container(&pod_id, config, &pod).await?;
+    bed.start(&id).await?;
+    let before = bed.counter_at_least(&id, 3).await?;
     let kubelet_archive =
         bed.archives().join(format!("checkpoint-archived_{NAMESPACE}-stateful-2026-11-23T00:00:01Z.tar"));
     let request = v1::CheckpointContainerRequest {
@@ -501,20 +529,25 @@ async fn a_kubelet_checkpoint_archive_restores_too() -> Result<()> {
     match bed.cri.runtime.checkpoint_container(request).await {
         Ok(_) => {
             ensure!(kubelet_archive.is_file(), "CheckpointContainer succeeded but wrote no archive");
-            archives.push((kubelet_archive, "containerd's CheckpointContainer"));
+            archives.push((kubelet_archive, "containerd's CheckpointContainer", before));
         }
         Err(status) if status.code() == tonic::Code::Unimplemented => {
             println!("containerd {} has no CheckpointContainer: {}", bed.bed.flavor(), status.message());
         }
-        Err(status) => bail!("CheckpointContainer failed: {status:?}"),
+        Err(status) => {
+            let log = status
+                .message()
+                .split_whitespace()
+                .find(|w| w.ends_with("criu-dump.log"))
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+            bail!("CheckpointContainer failed: {status:?}\ncriu-dump.log errors: {errors:#?}");
+        }
     }
-    // The same layout built from a lazarus checkpoint (what CRI-O writes, uncompressed).
-    let ours = bed.archives().join(format!("checkpoint-archived_{NAMESPACE}-stateful-2026-11-23T00:00:00Z.tar"));
-    archive_from_checkpoint(&bed.state_dir(), &digest_of(&reference)?, &ours)?;
-    archives.push((ours, "checkpointctl layout"));
     bed.remove_pod(&pod_id).await?;
 
-    for (archive, what) in archives {
+    for (archive, what, before) in archives {
         let path = archive.display().to_string();
         let pod = bed.pod("archived", NAMESPACE, &[("lazarus.dev/restore-from.stateful", path.as_str())]);
         let pod_id = bed.run_pod(&pod).await?;
@@ -525,6 +558,8 @@ async fn a_kubelet_checkpoint_archive_restores_too() -> Result<()> {
         ensure!(value >= before, "restored from {what}: counter {value}, checkpoint at {before}");
         let (code, data) = bed.exec(&id, &["cat", "/data.txt"]).await?;
         ensure!(code == 0 && data.trim() == "stateful", "{what}: /data.txt after restore: {code} {data:?}");
+        let (code, _) = bed.exec(&id, &["test", "-e", "/bin/vi"]).await?;
+        ensure!(code != 0, "{what}: /bin/vi came back; the deletion was not applied");
         ensure!(archive.exists(), "the archive must stay where it was");
         bed.remove_pod(&pod_id).await?;
     }
@@ -613,5 +648,101 @@ async fn latest_comes_from_the_registry_on_another_node() -> Result<()> {
         "expected the older checkpoint (counter {older_before}..{newest_before}), got {value}"
     );
     node_b.remove_pod(&pod_id).await?;
+    Ok(())
+}
+
+/// A TCP relay to `upstream` that passes responses at `bytes_per_second`: a
+/// slow link to a real registry.
+async fn throttled_relay(upstream: &str, bytes_per_second: u64) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let upstream = upstream.to_owned();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = tokio::io::copy(&mut client_read, &mut server_write);
+                let down = async {
+                    let mut buf = vec![0u8; 1024];
+                    loop {
+                        let n = server_read.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        client_write.write_all(&buf[..n]).await?;
+                        tokio::time::sleep(Duration::from_micros(n as u64 * 1_000_000 / bytes_per_second)).await;
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_download_outlives_kubelets_deadline_and_the_retry_restores() -> Result<()> {
+    let _serial = lazarus_e2e::serial().await;
+    // The relay listens on a port chosen at run time: allow the loopback registry host.
+    let mut bed = Bed::up_with(r#"["127.0.0.1"]"#).await?;
+    let registry = bed.bed.var("REGISTRY")?.to_owned();
+    let repository = format!("lazarus-e2e/slow-{:x}", lazarus_e2e::rand_u64());
+    let pod = bed.pod("slow", NAMESPACE, &[]);
+    let (pod_id, id) = bed.stateful(&pod).await?;
+    let before = bed.cri.read_counter(&id).await?;
+    bed.checkpoint_with(&format!("{NAMESPACE}/slow/stateful"), &["--repository", &format!("{registry}/{repository}")])?;
+    bed.remove_pod(&pod_id).await?;
+    let layer = registry_layer(&registry, &repository, "stateful-latest")?;
+    let size = {
+        let out = Command::new("curl")
+            .args(["-fsSI"])
+            .arg(format!("http://{registry}/v2/{repository}/blobs/{layer}"))
+            .output()?;
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<u64>().ok()))
+            .context("layer size")?
+    };
+    // About 15 s for the layer: longer than the deadline given below.
+    let port = throttled_relay(&registry, (size / 15).max(1)).await?;
+    let slow_ref = format!("127.0.0.1:{port}/{repository}:stateful-latest");
+    println!("layer {layer} of {size} bytes behind a relay at {} B/s: {slow_ref}", size / 15);
+
+    let pod = bed.pod("slow", NAMESPACE, &[("lazarus.dev/restore-from", slow_ref.as_str())]);
+    let pod_id = bed.run_pod(&pod).await?;
+    let config = container_config(&pod, "stateful", &bed.image, &["/bin/sh", "-c", STATEFUL]);
+    let create = v1::CreateContainerRequest {
+        pod_sandbox_id: pod_id.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod.clone()),
+    };
+    let mut request = tonic::Request::new(create.clone());
+    request.set_timeout(Duration::from_secs(8));
+    let status = match bed.cri.runtime.create_container(request).await {
+        Ok(created) => bail!("CreateContainer did not wait for the download: {}", created.into_inner().container_id),
+        Err(status) => status,
+    };
+    println!("first CreateContainer: {:?} {}", status.code(), status.message());
+    ensure!(status.code() == tonic::Code::Unavailable, "code {:?}: {}", status.code(), status.message());
+    ensure!(status.message().contains("still downloading"), "message: {}", status.message());
+    ensure!(bed.containers_in(&pod_id).await?.is_empty(), "a container was created while downloading");
+    ensure!(bed.lazarus.log_text().contains("prefetching the checkpoint"), "RunPodSandbox did not start the download");
+    // kubelet retries; the download went on meanwhile.
+    let lazarus_log = bed.lazarus.log.clone();
+    wait_for(Duration::from_secs(60), "the download to finish", || {
+        let log = std::fs::read_to_string(&lazarus_log).unwrap_or_default();
+        async move { log.contains("checkpoint layer downloaded and verified").then_some(()) }
+    })
+    .await?;
+    let id = bed.cri.runtime.create_container(create).await?.into_inner().container_id;
+    bed.start(&id).await?;
+    let value = bed.cri.read_counter(&id).await?;
+    ensure!(value >= before, "restored after the slow download: counter {value}, checkpoint at {before}");
+    bed.remove_pod(&pod_id).await?;
     Ok(())
 }

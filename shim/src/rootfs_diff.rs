@@ -484,6 +484,61 @@ pub fn write_deleted_files(deleted: &[String], mut out: impl Write) -> Result<()
     out.flush().context(|| "writing deleted.files".to_owned())
 }
 
+/// Turns a rootfs diff in OCI layer form — as containerd 2.x's `CheckpointContainer` writes it:
+/// possibly gzip- or zstd-compressed, deletions as `.wh.<name>` whiteout entries and opaque
+/// directories as `.wh..wh..opq` — into the form [`apply_diff`] takes: a plain tar written to
+/// `out`, and the deleted container paths returned (an opaque directory is deleted and
+/// re-created empty before its new entries land in it). A lazarus diff passes through unchanged.
+pub fn normalize_layer(input: impl Read, out: impl Write) -> Result<Vec<String>, RootfsDiffError> {
+    let mut input = io::BufReader::new(input);
+    let magic = io::BufRead::fill_buf(&mut input).context(|| "reading the rootfs diff archive".to_owned())?.to_vec();
+    let decoded: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(input))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(input).context(|| "decompressing the rootfs diff".to_owned())?,
+        )
+    } else {
+        Box::new(input)
+    };
+    let mut archive = Archive::new(decoded);
+    let mut builder = Builder::new(out);
+    let mut deleted = Vec::new();
+    let reading = || "reading the rootfs diff archive".to_owned();
+    for entry in archive.entries().context(reading)? {
+        let mut entry = entry.context(reading)?;
+        let path = entry.path().context(reading)?.into_owned();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let parent = path.parent().unwrap_or(Path::new(""));
+            let parent_text = parent
+                .to_str()
+                .ok_or_else(|| RootfsDiffError::NonUtf8Whiteout { path: path.to_string_lossy().into_owned() })?;
+            let container_path = |rel: &str| format!("/{}", rel.trim_start_matches("./").trim_matches('/'));
+            if hidden == ".wh..opq" {
+                deleted.push(container_path(parent_text));
+                let mut header = Header::new_gnu();
+                header.set_entry_type(EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_mtime(0);
+                builder
+                    .append_data(&mut header, parent, io::empty())
+                    .context(|| "writing the rootfs diff".to_owned())?;
+            } else {
+                deleted.push(container_path(&format!("{parent_text}/{hidden}")));
+            }
+            continue;
+        }
+        let header = entry.header().clone();
+        builder.append(&header, &mut entry).context(|| "writing the rootfs diff".to_owned())?;
+    }
+    builder.into_inner().and_then(|mut w| w.flush()).context(|| "writing the rootfs diff".to_owned())?;
+    Ok(deleted)
+}
+
 /// Reads `deleted.files`. The paths are validated when they are applied, by [`apply_diff`].
 pub fn read_deleted_files(input: impl Read) -> Result<Vec<String>, RootfsDiffError> {
     serde_json::from_reader(input).map_err(RootfsDiffError::DeletedFiles)
@@ -1532,5 +1587,50 @@ mod tests {
         let listing = list_tar(&tar);
         assert_eq!(listing.keys().map(String::as_str).collect::<Vec<_>>(), ["keep.txt", "new.txt"]);
         assert_eq!(listing["keep.txt"].content, b"changed by the container");
+    }
+
+    #[test]
+    fn oci_layer_whiteouts_become_deletions() {
+        let mut builder = Builder::new(Vec::new());
+        for (path, kind, data) in [
+            ("bin/", EntryType::Directory, &b""[..]),
+            ("bin/.wh.vi", EntryType::Regular, &b""[..]),
+            ("data.txt", EntryType::Regular, &b"stateful\n"[..]),
+            ("var/cache/.wh..wh..opq", EntryType::Regular, &b""[..]),
+            ("var/cache/new", EntryType::Regular, &b"n"[..]),
+        ] {
+            let mut header = Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            builder.append_data(&mut header, path, data).expect("append");
+        }
+        let plain = builder.into_inner().expect("tar");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let mut out = Vec::new();
+        let deleted = normalize_layer(&gz[..], &mut out).expect("normalize");
+        assert_eq!(deleted, vec!["/bin/vi".to_owned(), "/var/cache".to_owned()]);
+        let names: Vec<String> = Archive::new(&out[..])
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry").path().expect("path").to_string_lossy().trim_end_matches('/').to_owned())
+            .collect();
+        assert_eq!(names, vec!["bin", "data.txt", "var/cache", "var/cache/new"]);
+
+        let rootfs = tempfile::tempdir().expect("rootfs");
+        std::fs::create_dir_all(rootfs.path().join("bin")).expect("bin");
+        std::fs::write(rootfs.path().join("bin/vi"), "vi").expect("vi");
+        std::fs::create_dir_all(rootfs.path().join("var/cache")).expect("cache");
+        std::fs::write(rootfs.path().join("var/cache/old"), "old").expect("old");
+        apply_diff(&out[..], &deleted, rootfs.path()).expect("apply");
+        assert!(!rootfs.path().join("bin/vi").exists());
+        assert!(!rootfs.path().join("var/cache/old").exists());
+        assert_eq!(std::fs::read_to_string(rootfs.path().join("var/cache/new")).ok().as_deref(), Some("n"));
+        assert_eq!(std::fs::read_to_string(rootfs.path().join("data.txt")).ok().as_deref(), Some("stateful\n"));
     }
 }

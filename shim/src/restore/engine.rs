@@ -685,17 +685,11 @@ impl Restorer {
 
     /// Checkpoints of `key` whose restore failed before.
     fn failed(&self, key: &str) -> Vec<String> {
-        let all: BTreeMap<String, Vec<String>> = plan::read_json(&self.config.failures_file).unwrap_or_default();
-        all.get(key).cloned().unwrap_or_default()
+        failed_checkpoints(&self.config.failures_file, key)
     }
 
     fn remember_failure(&self, origin: &Origin) {
-        let mut all: BTreeMap<String, Vec<String>> = plan::read_json(&self.config.failures_file).unwrap_or_default();
-        let list = all.entry(origin.key.clone()).or_default();
-        if !list.contains(&origin.checkpoint) {
-            list.push(origin.checkpoint.clone());
-        }
-        if let Err(e) = plan::write_json(&self.config.failures_file, &all) {
+        if let Err(e) = record_failure(&self.config.failures_file, origin) {
             tracing::warn!(error = %e, path = %self.config.failures_file.display(), "cannot record the failed restore");
         }
     }
@@ -806,6 +800,26 @@ fn encode_string_field(field: u32, value: &str) -> Vec<u8> {
     out
 }
 
+/// Serializes updates of the failures file within this process.
+static FAILURES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Checkpoints whose restore failed for the container `key` (`namespace/pod/container`).
+fn failed_checkpoints(file: &Path, key: &str) -> Vec<String> {
+    let all: BTreeMap<String, Vec<String>> = plan::read_json(file).unwrap_or_default();
+    all.get(key).cloned().unwrap_or_default()
+}
+
+/// Remembers that `origin.checkpoint` failed to restore for `origin.key`.
+fn record_failure(file: &Path, origin: &Origin) -> std::io::Result<()> {
+    let _guard = FAILURES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut all: BTreeMap<String, Vec<String>> = plan::read_json(file).unwrap_or_default();
+    let list = all.entry(origin.key.clone()).or_default();
+    if !list.contains(&origin.checkpoint) {
+        list.push(origin.checkpoint.clone());
+    }
+    plan::write_json(file, &all)
+}
+
 /// A registry checkpoint downloaded and verified.
 #[derive(Debug, Clone)]
 struct Download {
@@ -895,6 +909,24 @@ fn rand_u64() -> u64 {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn failed_restores_are_remembered_per_container() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("restore-failures.json");
+        assert!(failed_checkpoints(&file, "ns/p/c").is_empty());
+        let origin = |key: &str, checkpoint: &str| Origin {
+            key: key.into(),
+            checkpoint: checkpoint.into(),
+            source: format!("local:{key}@{checkpoint}"),
+        };
+        record_failure(&file, &origin("ns/p/c", "sha256:a")).expect("record");
+        record_failure(&file, &origin("ns/p/c", "sha256:a")).expect("record twice");
+        record_failure(&file, &origin("ns/p/c", "sha256:b")).expect("record");
+        record_failure(&file, &origin("ns/q/c", "sha256:c")).expect("record");
+        assert_eq!(failed_checkpoints(&file, "ns/p/c"), vec!["sha256:a".to_owned(), "sha256:b".to_owned()]);
+        assert_eq!(failed_checkpoints(&file, "ns/q/c"), vec!["sha256:c".to_owned()]);
+    }
 
     #[test]
     fn newest_tag_per_container() {

@@ -430,7 +430,24 @@ fn apply_checkpoint_diff(checkpoint_dir: &Path, rootfs: &Path) -> Result<(), Wra
     };
     let tar_path = checkpoint_dir.join(files::ROOTFS_DIFF);
     match File::open(&tar_path) {
-        Ok(file) => rootfs_diff::apply_diff(io::BufReader::new(file), &deleted, rootfs).map_err(diff_error)?,
+        // A lazarus (or CRI-O) diff: a plain tar plus deleted.files.
+        Ok(file) if deleted_path.exists() && !compressed(&tar_path)? => {
+            rootfs_diff::apply_diff(io::BufReader::new(file), &deleted, rootfs).map_err(diff_error)?
+        }
+        // containerd 2.x's CheckpointContainer: an OCI layer (gzip, whiteouts), no deleted.files.
+        Ok(file) => {
+            let plain_path = checkpoint_dir.join("rootfs-diff.plain.tar");
+            let plain = File::create(&plain_path).context(|| format!("creating {}", plain_path.display()))?;
+            let mut all_deleted = deleted;
+            all_deleted.extend(
+                rootfs_diff::normalize_layer(io::BufReader::new(file), io::BufWriter::new(plain))
+                    .map_err(diff_error)?,
+            );
+            let plain = File::open(&plain_path).context(|| format!("opening {}", plain_path.display()))?;
+            let summary = rootfs_diff::apply_diff(io::BufReader::new(plain), &all_deleted, rootfs).map_err(diff_error);
+            std::fs::remove_file(&plain_path).ok();
+            summary?
+        }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             if deleted.is_empty() {
                 return Ok(());
@@ -440,6 +457,14 @@ fn apply_checkpoint_diff(checkpoint_dir: &Path, rootfs: &Path) -> Result<(), Wra
         Err(err) => return Err(err).context(|| format!("opening {}", tar_path.display())),
     };
     Ok(())
+}
+
+/// Whether a file starts with gzip's or zstd's magic bytes.
+fn compressed(path: &Path) -> Result<bool, WrapperError> {
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).context(|| format!("opening {}", path.display()))?;
+    let n = io::Read::read(&mut file, &mut magic).context(|| format!("reading {}", path.display()))?;
+    Ok(magic[..n].starts_with(&[0x1f, 0x8b]) || magic[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]))
 }
 
 /// The CRIU configuration runc would have used for this container, to keep it in effect
