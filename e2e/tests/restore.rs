@@ -563,6 +563,50 @@ async fn a_kubelet_checkpoint_archive_restores_too() -> Result<()> {
         ensure!(archive.exists(), "the archive must stay where it was");
         bed.remove_pod(&pod_id).await?;
     }
+
+    // An archive whose CRIU images are damaged (digests cannot catch that: an
+    // archive has none): StartContainer fails with CRIU's reason, and lazarus
+    // remembers the checkpoint as failed for this container.
+    let damaged = bed.archives().join("damaged.tar");
+    damaged_archive(
+        &bed.archives().join(format!("checkpoint-archived_{NAMESPACE}-stateful-2026-11-23T00:00:00Z.tar")),
+        &damaged,
+    )?;
+    let path = damaged.display().to_string();
+    let pod = bed.pod("archived", NAMESPACE, &[("lazarus.dev/restore-from", path.as_str())]);
+    let pod_id = bed.run_pod(&pod).await?;
+    let id = bed.create(&pod_id, &pod, 0).await?;
+    let started = bed.cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await;
+    let status = started.err().context("StartContainer of a damaged checkpoint succeeded")?;
+    println!("damaged archive: {:?} {}", status.code(), status.message());
+    ensure!(status.message().contains("lazarus: restoring container"), "message: {}", status.message());
+    ensure!(status.message().contains("criu"), "no CRIU reason in: {}", status.message());
+    let failures = std::fs::read_to_string(bed.state_dir().join("restore-failures.json"))?;
+    let failures: serde_json::Value = serde_json::from_str(&failures)?;
+    let recorded = failures[format!("{NAMESPACE}/archived/stateful")].as_array().cloned().unwrap_or_default();
+    ensure!(recorded.iter().any(|c| c.as_str() == Some(path.as_str())), "failure not recorded: {failures}");
+    bed.remove_pod(&pod_id).await?;
+    Ok(())
+}
+
+/// A copy of a checkpoint archive with garbage in place of CRIU's inventory image.
+fn damaged_archive(from: &Path, to: &Path) -> Result<()> {
+    let input = std::fs::read(from)?;
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in tar::Archive::new(&input[..]).entries()? {
+        let mut entry = entry?;
+        let mut header = entry.header().clone();
+        let path = entry.path()?.into_owned();
+        if path.ends_with("inventory.img") {
+            let garbage = vec![0x5a_u8; 64];
+            header.set_size(garbage.len() as u64);
+            header.set_cksum();
+            builder.append(&header, &garbage[..])?;
+        } else {
+            builder.append(&header, &mut entry)?;
+        }
+    }
+    std::fs::write(to, builder.into_inner()?)?;
     Ok(())
 }
 
