@@ -89,10 +89,14 @@ CRIU_INSTALL=/usr/local/sbin/criu
 # Environment of the daemons we start: nothing from the caller leaks in.
 DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# bookworm packages the test bed needs (the last line: CRIU build deps).
+# bookworm packages the test bed needs (the last line: CRIU build deps;
+# prometheus for its promtool, which checks the scraped metrics in e2e/tests/metrics.rs;
+# systemd for systemd-analyze and systemd-socket-activate, shellcheck for the
+# node scripts: e2e/tests/install.rs, shim/tests/systemd.rs).
 PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
-  docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch
+  docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch prometheus
   util-linux xz-utils gcc make pkg-config
+  systemd shellcheck
   libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libgnutls28-dev libbsd-dev libnftables-dev uuid-dev"
 
@@ -503,6 +507,20 @@ flavor_of_pid() {
   proc_cmdline "$1" | sed -n "s|.* --config $ETC_DIR/containerd-\([0-9.]*\)\.toml.*|\1|p"
 }
 
+# Closes the descriptors above 2 a daemon would inherit from whoever ran
+# testbed.sh: under `flock /tmp/lazarus-testbed.lock …` that is the lock, and
+# a containerd holding it blocks every other user of the test bed until it
+# stops. (255 is bash's own close-on-exec script descriptor.)
+close_inherited_fds() {
+  local fd
+  for fd in /proc/"$BASHPID"/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then
+      eval "exec $fd>&-" 2>/dev/null || true
+    fi
+  done
+}
+
 containerd_answers() {
   timeout 5 "$CTR_BIN" --address "$CONTAINERD_SOCKET" version >/dev/null 2>&1
 }
@@ -524,7 +542,7 @@ start_containerd() {
   # Without job control the subshell is no group leader, so setsid execs in
   # place and $! is containerd's own PID.
   # shellcheck disable=SC2086 # $environment is NAME=VALUE words without spaces
-  (cd / && exec env -i $environment \
+  (cd / && close_inherited_fds && exec env -i $environment \
     setsid "$CONTAINERD_BIN" --config "$CONTAINERD_CONFIG") \
     </dev/null >>"$CONTAINERD_LOG" 2>&1 9>&- &
   local pid=$! waited=0
@@ -711,7 +729,7 @@ ensure_registry() {
     die "something else answers on http://$REGISTRY/ (not our registry); stop it first"
   fi
   printf '=== %s testbed.sh: starting docker-registry\n' "$(date -Is)" >>"$REGISTRY_LOG"
-  (cd / && exec env -i PATH="$DAEMON_PATH" HOME=/root \
+  (cd / && close_inherited_fds && exec env -i PATH="$DAEMON_PATH" HOME=/root \
     setsid /usr/bin/docker-registry serve "$REGISTRY_CONFIG") \
     </dev/null >>"$REGISTRY_LOG" 2>&1 9>&- &
   pid=$!

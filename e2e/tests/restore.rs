@@ -259,7 +259,12 @@ async fn a_stateful_container_comes_back_in_a_new_pod() -> Result<()> {
     let (code, echoed) = bed.exec(&new_id, &["sh", "-c", "echo ping | nc -w 2 127.0.0.1 8080"]).await?;
     ensure!(echoed.contains("ping"), "echo server after restore: exit {code}, {echoed:?}");
     // The plan's unpacked images are gone once started; the wrapper's result stays until removal.
-    ensure!(!bed.plan_dir(&new_id)?.join("tree").exists(), "unpacked checkpoint left after start");
+    let tree = bed.plan_dir(&new_id)?.join("tree");
+    wait_for(Duration::from_secs(10), "the unpacked checkpoint to be removed after start", || {
+        let gone = !tree.exists();
+        async move { gone.then_some(()) }
+    })
+    .await?;
 
     bed.cri.runtime.stop_container(v1::StopContainerRequest { container_id: new_id.clone(), timeout: 5 }).await?;
     let stopped = bed.cri.container_status(&new_id).await?;
@@ -598,7 +603,7 @@ fn damaged_archive(from: &Path, to: &Path) -> Result<()> {
         let mut header = entry.header().clone();
         let path = entry.path()?.into_owned();
         if path.ends_with("inventory.img") {
-            let garbage = vec![0x5a_u8; 64];
+            let garbage = [0x5a_u8; 64];
             header.set_size(garbage.len() as u64);
             header.set_cksum();
             builder.append(&header, &garbage[..])?;

@@ -31,6 +31,12 @@ pub enum Command {
     /// Look at the checkpoints in the node-local store.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Print lazarus's version, the runtime's, CRIU's and whether `criu check` passes (exit 1 if any failed).
+    Version {
+        /// Shared settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 /// Settings shared by every subcommand; each overrides the config file.
@@ -140,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Checkpoints(CheckpointsCommand::List { common, .. } | CheckpointsCommand::Inspect { common, .. }) => {
             (common, None)
         }
+        Command::Version { common } => (common, None),
     };
     let config = match common.resolve(listen) {
         Ok(config) => config,
@@ -148,7 +155,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(&config.log);
+    match &cli.command {
+        // Its report goes to stdout; only warnings to stderr unless asked.
+        Command::Version { common } if common.log_level.is_none() => {
+            crate::logging::init(&crate::logging::LogSettings { filter: "warn".into(), ..config.log.clone() });
+        }
+        _ => crate::logging::init(&config.log),
+    }
     // One event-loop thread: a CRI call through lazarus is I/O, and keeping
     // both HTTP/2 legs of a call on one thread avoids cross-thread wake-ups
     // (measured: ~40 µs less added latency per call than two workers, see
@@ -162,9 +175,13 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Serve(_) => crate::server::serve(&config, crate::server::termination_signal())
-                .await
-                .map_err(|e| format!("cannot serve: {e}")),
+            Command::Serve(_) => {
+                check_criu(&config).map_err(|e| format!("cannot serve: {e}"))?;
+                crate::server::serve(&config, crate::server::termination_signal())
+                    .await
+                    .map_err(|e| format!("cannot serve: {e}"))
+            }
+            Command::Version { .. } => crate::version::run(&config).await,
             Command::Checkpoint(args) => checkpoint(&config, args).await,
             Command::Checkpoints(CheckpointsCommand::List { container, .. }) => {
                 crate::checkpoint::listing::list(&open_store(&config)?, container.as_deref())
@@ -181,6 +198,17 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lazarus serve` needs a usable CRIU unless `require_criu = false`.
+fn check_criu(config: &Config) -> Result<(), String> {
+    if !config.require_criu {
+        tracing::info!("require_criu = false: not looking for CRIU; checkpoints and restores fail without it");
+        return Ok(());
+    }
+    let (criu, version) = crate::version::check_criu_at_start()?;
+    tracing::info!(criu = %criu.display(), version = %version, "CRIU found");
+    Ok(())
 }
 
 fn open_store(config: &Config) -> Result<Store, String> {
@@ -211,7 +239,7 @@ async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String
         }
     };
     let engine = checkpointer(config)?;
-    let request = CheckpointRequest { keep: args.keep, repository };
+    let request = CheckpointRequest { keep: args.keep, repository, trigger: crate::metrics::Trigger::Manual };
     let checkpoint = engine.checkpoint_with(&args.container, request).await.map_err(|e| e.to_string())?;
     println!("{}", checkpoint.reference);
     if let Some(pushed) = &checkpoint.pushed {

@@ -106,6 +106,10 @@ pub struct FileConfig {
     pub restore_allowed_dirs: Option<Vec<PathBuf>>,
     /// Sources (reference prefixes) that may be restored into a namespace other than their own.
     pub restore_cross_namespace_sources: Option<Vec<String>>,
+    /// `host:port` of the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; none (off) by default.
+    pub metrics_listen: Option<String>,
+    /// Whether `lazarus serve` refuses to start without a usable CRIU (default true).
+    pub require_criu: Option<bool>,
 }
 
 /// Values given on the command line; `Some` wins over the file.
@@ -164,6 +168,10 @@ pub struct Config {
     pub restore_allowed_dirs: Vec<PathBuf>,
     /// Sources that may be restored into another namespace.
     pub restore_cross_namespace_sources: Vec<String>,
+    /// Address of the metrics and health endpoint; `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Refuse to start without a usable CRIU.
+    pub require_criu: bool,
 }
 
 /// Parses the text of a configuration file. `origin` names it in errors.
@@ -250,6 +258,16 @@ impl Config {
         if let Some(path) = registry_ca_files.iter().find(|p| !p.is_absolute()) {
             return Err(invalid("registry_ca_files", path.display(), "must be absolute paths"));
         }
+        let metrics_listen = match file.metrics_listen.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    text,
+                    "expected an IP address and port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                )
+            })?),
+        };
         Ok(Config {
             listen,
             upstream,
@@ -269,6 +287,8 @@ impl Config {
             restore_allowed_registries,
             restore_allowed_dirs,
             restore_cross_namespace_sources: file.restore_cross_namespace_sources.unwrap_or_default(),
+            metrics_listen,
+            require_criu: file.require_criu.unwrap_or(true),
         })
     }
 }
@@ -501,6 +521,26 @@ mod tests {
             assert!(err.to_string().contains(value), "{err}");
         }
         assert!(parse("insecure_registries = \"127.0.0.1:5000\"", origin()).is_err(), "a list is required");
+    }
+
+    #[test]
+    fn metrics_and_criu_settings() {
+        let c = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!(c.metrics_listen, None, "the endpoint is off by default");
+        assert!(c.require_criu);
+        let text = "metrics_listen = \"127.0.0.1:9464\"\nrequire_criu = false\n";
+        let c = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect("valid");
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().expect("address")));
+        assert!(!c.require_criu);
+        let c =
+            Config::resolve(parse("metrics_listen = \"[::1]:9464\"", origin()).expect("parses"), Overrides::default())
+                .expect("valid");
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9464));
+        for bad in ["localhost:9464", "127.0.0.1", ":9464", "http://127.0.0.1:9464"] {
+            let text = format!("metrics_listen = {bad:?}");
+            let err = Config::resolve(parse(&text, origin()).expect("parses"), Overrides::default()).expect_err(bad);
+            assert!(matches!(&err, ConfigError::Invalid { key: "metrics_listen", .. }), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use tonic::body::Body;
 
 use crate::error::ProxyError;
+use crate::metrics::{self, MeteredBody, Metrics};
 use crate::upstream::Upstream;
 use crate::{intercept, passthrough};
 
@@ -13,12 +14,19 @@ pub struct Proxy {
     upstream: Upstream,
     checkpointer: Option<crate::checkpoint::Checkpointer>,
     restorer: Option<crate::restore::Restorer>,
+    metrics: Metrics,
 }
 
 impl Proxy {
     /// A proxy in front of `upstream`.
     pub fn new(upstream: Upstream) -> Self {
-        Proxy { upstream, checkpointer: None, restorer: None }
+        Proxy { upstream, checkpointer: None, restorer: None, metrics: Metrics::new() }
+    }
+
+    /// Counts calls into `metrics` (shared with the engines and the endpoint).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Enables checkpoint-on-stop with `engine`.
@@ -39,12 +47,16 @@ impl Proxy {
     }
 
     /// Handles one gRPC call. Never fails at the HTTP level: errors are gRPC
-    /// statuses (see [`ProxyError`]).
-    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<Body>
+    /// statuses (see [`ProxyError`]). The call is counted in the metrics
+    /// (method, status code, duration) when its status is known: at once for
+    /// a trailers-only answer, else when the response body's trailers pass.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<MeteredBody<Body>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = std::time::Instant::now();
+        let method = metrics::method_label(request.uri().path());
         let result = match intercept::route(request.uri().path()) {
             Some(which) => {
                 intercept::handle(which, &self.upstream, self.checkpointer.as_ref(), self.restorer.as_ref(), request)
@@ -52,7 +64,15 @@ impl Proxy {
             }
             None => passthrough::forward(&self.upstream, request).await,
         };
-        result.unwrap_or_else(status_response)
+        let response = result.unwrap_or_else(status_response);
+        match metrics::status_code_name(response.headers()) {
+            // Trailers-only (an error, lazarus's own or the runtime's): the status is known now.
+            Some(code) => {
+                self.metrics.cri_call(method, code, started.elapsed());
+                response.map(MeteredBody::counted)
+            }
+            None => response.map(|body| MeteredBody::new(body, self.metrics.clone(), method, started)),
+        }
     }
 }
 

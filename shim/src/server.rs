@@ -37,6 +37,14 @@ pub enum ServeError {
     /// The registry settings are unusable (CA files).
     #[error("registry settings: {0}")]
     Registry(crate::registry::RegistryError),
+    /// The metrics endpoint's address (`metrics_listen`) could not be bound.
+    #[error("metrics_listen {address}: cannot listen: {source}")]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A state directory could not be created.
     #[error("creating directory {path}: {source}")]
     Directory {
@@ -49,7 +57,7 @@ pub enum ServeError {
 
 /// Runs the daemon until `shutdown` resolves: binds the socket, serves every
 /// connection, then drains in-flight calls for at most
-/// `config.shutdown_timeout` and removes the socket.
+/// `config.shutdown_timeout` and removes the socket (unless systemd passed it).
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     for dir in [&config.state_dir, &config.run_dir] {
         std::fs::DirBuilder::new()
@@ -59,33 +67,85 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
             .map_err(|source| ServeError::Directory { path: dir.clone(), source })?;
     }
     let upstream = Upstream::new(config)?;
-    let socket = listener::bind(&config.listen)?;
+    let metrics_socket = match config.metrics_listen {
+        Some(address) => Some(bind_metrics(address).map_err(|source| ServeError::Metrics { address, source })?),
+        None => None,
+    };
+    // Before anything spawns threads: adopting systemd's socket unsets LISTEN_* variables.
+    let listener = listener::listen(&config.listen)?;
     let store = crate::store::Store::open(&config.state_dir.join("store")).map_err(ServeError::Store)?;
     let store = std::sync::Arc::new(store);
+    let metrics = crate::metrics::Metrics::new();
     let engine = crate::checkpoint::Checkpointer::new(
         upstream.clone(),
         store.clone(),
         crate::checkpoint::CheckpointerConfig::from(config),
-    );
+    )
+    .with_metrics(metrics.clone());
     // Built now (system and registry_ca_files certificates): unusable CA files stop the daemon at start.
     let registry = engine.registry_client().await.map_err(ServeError::Registry)?;
-    let restorer =
-        crate::restore::Restorer::new(upstream.clone(), store, crate::restore::RestorerConfig::from(config), registry)
-            .map_err(ServeError::Restore)?;
-    let metrics = engine.metrics().clone();
-    let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone(), metrics).run());
-    let proxy = Proxy::new(upstream).with_checkpointer(engine).with_restorer(restorer);
+    let restorer = crate::restore::Restorer::new(
+        upstream.clone(),
+        store.clone(),
+        crate::restore::RestorerConfig::from(config),
+        registry,
+    )
+    .map_err(ServeError::Restore)?
+    .with_metrics(metrics.clone());
+    let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone()).run());
+    let mut background = Vec::new();
+    if let (Some(socket), Some(address)) = (metrics_socket, config.metrics_listen) {
+        let socket =
+            tokio::net::TcpListener::from_std(socket).map_err(|source| ServeError::Metrics { address, source })?;
+        let endpoint = crate::metrics_server::Endpoint::new(metrics.clone(), upstream.clone());
+        background.push(tokio::spawn(crate::metrics_server::run(socket, endpoint)));
+        let refresh = crate::metrics_server::refresh_store_metrics(store, metrics.clone(), STORE_METRICS_PERIOD);
+        background.push(tokio::spawn(refresh));
+        tracing::info!(address = %address, "serving /metrics, /healthz and /readyz");
+    }
+    let proxy = Proxy::new(upstream).with_checkpointer(engine).with_restorer(restorer).with_metrics(metrics);
     tracing::info!(
-        listen = %config.listen.display(),
+        listen = %listener.path.display(),
         upstream = %config.upstream,
         version = env!("CARGO_PKG_VERSION"),
         "lazarus serving the CRI"
     );
-    run(socket, proxy, shutdown, config.shutdown_timeout).await;
+    let mut shutdown = std::pin::pin!(async {
+        shutdown.await;
+        notify_systemd("STOPPING=1");
+    });
+    // One poll installs the signal handlers, so a SIGTERM right after READY=1 is a clean stop.
+    let stopped_already = tokio::select! { biased; () = &mut shutdown => true, () = std::future::ready(()) => false };
+    if !stopped_already {
+        // Type=notify: systemd starts kubelet (After=lazarus.service) only now.
+        notify_systemd(&format!("READY=1\nSTATUS=serving the CRI on {}", listener.path.display()));
+        run(listener.socket, proxy, shutdown, config.shutdown_timeout).await;
+    }
     scheduler.abort();
-    listener::remove(&config.listen);
+    background.iter().for_each(tokio::task::JoinHandle::abort);
+    // systemd owns an activated socket and keeps it open for the next lazarus.
+    if !listener.activated {
+        listener::remove(&listener.path);
+    }
     tracing::info!("lazarus stopped");
     Ok(())
+}
+
+/// How often the store's size and newest checkpoints are read for the metrics.
+const STORE_METRICS_PERIOD: Duration = Duration::from_secs(60);
+
+/// Binds the metrics endpoint's TCP address (plain std: no runtime threads yet).
+fn bind_metrics(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = std::net::TcpListener::bind(address)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Tells systemd about the daemon's state (nothing happens outside systemd).
+fn notify_systemd(state: &str) {
+    if let Err(e) = crate::sd_notify::notify(state) {
+        tracing::warn!(error = %e, state, "could not notify systemd");
+    }
 }
 
 /// Accepts connections on `socket` until `shutdown`, then waits up to `grace`

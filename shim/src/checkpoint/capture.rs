@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use lazarus_proto::v1;
@@ -25,8 +24,8 @@ use tonic::Status;
 use super::annotations::{self as ann, files};
 use super::image::{self, PackageError};
 use super::locks::{self, LockError};
-use super::schedule::CheckpointMetrics;
 use crate::containerd_api::{self, CheckpointOptions, CheckpointTaskRequest, CheckpointTaskResponse};
+use crate::metrics::{Metrics, Trigger};
 use crate::registry::{Reference, RegistryClient, RegistryError, RegistrySettings};
 use crate::rootfs_diff;
 use crate::store::{Store, StoreError};
@@ -145,6 +144,26 @@ pub enum CheckpointError {
     },
 }
 
+impl CheckpointError {
+    /// A short, stable token for the metrics (`lazarus_checkpoint_failures_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CheckpointError::NotFound { .. } => "not_found",
+            CheckpointError::Ambiguous { .. } => "ambiguous",
+            CheckpointError::NotRunning { .. } => "not_running",
+            CheckpointError::Runtime { .. } => "runtime",
+            CheckpointError::Criu { .. } => "criu",
+            CheckpointError::Info { .. } => "runtime_info",
+            CheckpointError::Rootfs { .. } => "rootfs",
+            CheckpointError::Io { .. } => "io",
+            CheckpointError::Lock(LockError::Busy { .. }) => "busy",
+            CheckpointError::Lock(_) => "lock",
+            CheckpointError::Package { .. } => "package",
+            CheckpointError::Store { .. } => "store",
+        }
+    }
+}
+
 impl From<CheckpointError> for Status {
     fn from(err: CheckpointError) -> Status {
         let code = match &err {
@@ -228,6 +247,8 @@ pub struct CheckpointRequest {
     /// Repository to push to; overrides the pod's
     /// `lazarus.dev/checkpoint-repository`.
     pub repository: Option<Reference>,
+    /// What asked for it (the metrics' `trigger` label).
+    pub trigger: Trigger,
 }
 
 /// The checkpoint engine. Cheap to clone.
@@ -236,7 +257,7 @@ pub struct Checkpointer {
     upstream: Upstream,
     store: Arc<Store>,
     config: Arc<CheckpointerConfig>,
-    metrics: Arc<CheckpointMetrics>,
+    metrics: Metrics,
     /// Built on the first push (reads the system's CA certificates).
     registry: Arc<tokio::sync::OnceCell<RegistryClient>>,
 }
@@ -287,17 +308,17 @@ const VERSION: &str = "/runtime.v1.RuntimeService/Version";
 impl Checkpointer {
     /// An engine over `upstream` storing into `store`.
     pub fn new(upstream: Upstream, store: Arc<Store>, config: CheckpointerConfig) -> Self {
-        Checkpointer { upstream, store, config: Arc::new(config), metrics: Arc::default(), registry: Arc::default() }
+        Checkpointer { upstream, store, config: Arc::new(config), metrics: Metrics::new(), registry: Arc::default() }
     }
 
-    /// Counts into `metrics` (shared with the scheduler).
-    pub fn with_metrics(mut self, metrics: Arc<CheckpointMetrics>) -> Self {
+    /// Counts into `metrics` (the daemon's registry, shared with the scheduler and the proxy).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
     }
 
-    /// The counters.
-    pub fn metrics(&self) -> &Arc<CheckpointMetrics> {
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
@@ -424,18 +445,29 @@ impl Checkpointer {
     /// newest of this container; `None` = the pod's annotation or the default);
     /// pushes it if the pod names a repository.
     pub async fn checkpoint(&self, container: &str, keep: Option<usize>) -> Result<Checkpoint, CheckpointError> {
-        self.checkpoint_with(container, CheckpointRequest { keep, repository: None }).await
+        self.checkpoint_with(container, CheckpointRequest { keep, ..CheckpointRequest::default() }).await
     }
 
     /// [`checkpoint`](Self::checkpoint) with a repository that overrides the
     /// pod's. The result is an error only if the local checkpoint failed; a
-    /// failed push is reported in [`Checkpoint::push_error`].
+    /// failed push is reported in [`Checkpoint::push_error`]. Counted in the
+    /// metrics under `wanted.trigger`.
     pub async fn checkpoint_with(
         &self,
         container: &str,
         wanted: CheckpointRequest,
     ) -> Result<Checkpoint, CheckpointError> {
-        let CheckpointRequest { keep, repository: requested_repository } = wanted;
+        let trigger = wanted.trigger;
+        let result = self.take(container, wanted).await;
+        match &result {
+            Ok(c) => self.metrics.checkpoint_succeeded(trigger, &c.key, c.total_time, c.frozen_time, c.size),
+            Err(e) => self.metrics.checkpoint_failed(trigger, e.reason()),
+        }
+        result
+    }
+
+    async fn take(&self, container: &str, wanted: CheckpointRequest) -> Result<Checkpoint, CheckpointError> {
+        let CheckpointRequest { keep, repository: requested_repository, trigger } = wanted;
         let started = Instant::now();
         let container_id = self.resolve(container).await?;
         let permit =
@@ -443,10 +475,11 @@ impl Checkpointer {
         let target = self.inspect(&container_id).await?;
         let metadata = target.pod.metadata.clone().unwrap_or_default();
         let container_name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let key = format!("{}/{}/{}", metadata.namespace, metadata.name, container_name);
+        let pod = format!("{}/{}", metadata.namespace, metadata.name);
+        let key = format!("{pod}/{container_name}");
         let keep = keep.unwrap_or_else(|| keep_from_annotations(&target.pod.annotations));
         let (created, tag) = now_rfc3339();
-        tracing::info!(container_id = %container_id, pod = %key, "checkpoint started");
+        tracing::info!(pod = %pod, container = %container_name, container_id = %container_id, trigger = trigger.as_str(), "checkpoint started");
 
         let staging_root = self.config.state_dir.join("staging");
         clean_staging(&staging_root, &container_id);
@@ -494,6 +527,8 @@ impl Checkpointer {
         let stats = std::fs::read(work.join(files::STATS_DUMP)).ok().and_then(|b| super::criu_stats::parse(&b));
         let frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
         tracing::info!(
+            pod = %pod,
+            container = %container_name,
             container_id = %container_id,
             dump_ms = dump_time.as_millis() as u64,
             frozen_ms = frozen_time.map(|d| d.as_millis() as u64),
@@ -541,12 +576,12 @@ impl Checkpointer {
         let digest = committed.digest().to_string();
         // Retention reads manifests and deletes blobs: off the event loop.
         let (this, retention_key) = (self.clone(), key.clone());
-        let pruned = tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
+        let (pruned, store_size) = tokio::task::spawn_blocking(move || -> Result<(usize, Option<u64>), StoreError> {
             let mut pruned = this.store.prune_keep_newest(ann::CONTAINER_KEY, &retention_key, keep)?.len();
             if let Some(max) = this.config.store_max_size {
                 pruned += this.enforce_size_cap(max)?;
             }
-            Ok(pruned)
+            Ok((pruned, this.store.total_size().ok()))
         })
         .await
         .map_err(|e| CheckpointError::Io {
@@ -555,6 +590,9 @@ impl Checkpointer {
             source: std::io::Error::other(e.to_string()),
         })?
         .map_err(store_err)?;
+        if let Some(bytes) = store_size {
+            self.metrics.set_store_size(bytes);
+        }
         let mut checkpoint = Checkpoint {
             reference: format!("local:{key}:{tag}@{digest}"),
             digest,
@@ -569,6 +607,8 @@ impl Checkpointer {
             push_error: None,
         };
         tracing::info!(
+            pod = %pod,
+            container = %container_name,
             container_id = %container_id,
             reference = %checkpoint.reference,
             size = checkpoint.size,
@@ -583,11 +623,12 @@ impl Checkpointer {
             None => match repository_from_annotations(&target.pod.annotations) {
                 Ok(repository) => repository,
                 Err(reason) => {
-                    self.metrics.rejected_annotations.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.push_failed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.annotation_rejected(ann::CHECKPOINT_REPOSITORY);
+                    self.metrics.checkpoint_pushed(false);
                     tracing::warn!(
+                        pod = %pod,
+                        container = %container_name,
                         container_id = %container_id,
-                        pod = %checkpoint.key,
                         "{reason}; the local checkpoint is kept, nothing is pushed"
                     );
                     checkpoint.push_error = Some(reason);
@@ -615,6 +656,7 @@ impl Checkpointer {
         keep: usize,
     ) {
         let started = Instant::now();
+        let pod = checkpoint.key.rsplit_once('/').map_or(checkpoint.key.as_str(), |(pod, _)| pod).to_owned();
         let result = match self.registry_client().await {
             Ok(client) => crate::registry::push_checkpoint(
                 &client,
@@ -631,10 +673,11 @@ impl Checkpointer {
         };
         match result {
             Ok((client, pushed)) => {
-                self.metrics.pushed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.checkpoint_pushed(true);
                 tracing::info!(
+                    pod = %pod,
+                    container = container_name,
                     container_id,
-                    pod = %checkpoint.key,
                     reference = %pushed.reference,
                     uploaded = pushed.uploaded,
                     uploaded_bytes = pushed.uploaded_bytes,
@@ -644,6 +687,8 @@ impl Checkpointer {
                 checkpoint.pushed = Some(pushed.reference);
                 match crate::registry::apply_retention(&client, repository, container_name, keep).await {
                     Ok(outcome) if !outcome.removed.is_empty() => tracing::info!(
+                        pod = %pod,
+                        container = container_name,
                         container_id,
                         repository = %repository,
                         removed = outcome.removed.len(),
@@ -652,8 +697,9 @@ impl Checkpointer {
                     ),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(
+                        pod = %pod,
+                        container = container_name,
                         container_id,
-                        pod = %checkpoint.key,
                         repository = %repository,
                         error = %e,
                         "registry retention failed; older checkpoints stay in the registry"
@@ -661,10 +707,11 @@ impl Checkpointer {
                 }
             }
             Err(error) => {
-                self.metrics.push_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.checkpoint_pushed(false);
                 tracing::warn!(
+                    pod = %pod,
+                    container = container_name,
                     container_id,
-                    pod = %checkpoint.key,
                     registry = %repository.registry,
                     repository = %repository,
                     local = %checkpoint.reference,

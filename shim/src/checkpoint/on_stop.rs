@@ -9,6 +9,7 @@ use lazarus_proto::v1;
 
 use super::Checkpointer;
 use super::annotations as ann;
+use crate::metrics::Trigger;
 
 /// Time left for the stop itself after the checkpoint's share of the grace period.
 const STOP_RESERVE: Duration = Duration::from_secs(2);
@@ -60,26 +61,40 @@ pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, t
     if !wants_checkpoint_on_stop(&pod.annotations) {
         return;
     }
+    let pod_name = pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
+    let pod_name = pod_name.as_str();
+    let container = status.status.as_ref().and_then(|s| s.metadata.as_ref()).map_or("", |m| m.name.as_str());
     let grace = Duration::from_secs(u64::try_from(timeout_seconds).unwrap_or(0));
     let budget = grace.saturating_sub(STOP_RESERVE);
     if budget.is_zero() {
+        engine.metrics().checkpoint_failed(Trigger::Stop, "grace_period");
         tracing::warn!(
+            pod = pod_name,
+            container,
             container_id,
             grace_seconds = timeout_seconds,
             "grace period too short to checkpoint before stop"
         );
         return;
     }
-    match tokio::time::timeout(budget, engine.checkpoint(container_id, None)).await {
+    let request = super::CheckpointRequest { trigger: Trigger::Stop, ..Default::default() };
+    match tokio::time::timeout(budget, engine.checkpoint_with(container_id, request)).await {
         Ok(Ok(checkpoint)) => {
-            tracing::info!(container_id, reference = %checkpoint.reference, "checkpointed before stop")
+            tracing::info!(pod = pod_name, container, container_id, reference = %checkpoint.reference, "checkpointed before stop")
         }
-        Ok(Err(e)) => tracing::warn!(container_id, error = %e, "checkpoint before stop failed; stopping anyway"),
-        Err(_) => tracing::warn!(
-            container_id,
-            budget_seconds = budget.as_secs(),
-            "checkpoint before stop did not finish within the grace period; stopping anyway"
-        ),
+        Ok(Err(e)) => {
+            tracing::warn!(pod = pod_name, container, container_id, error = %e, "checkpoint before stop failed; stopping anyway")
+        }
+        Err(_) => {
+            engine.metrics().checkpoint_failed(Trigger::Stop, "timeout");
+            tracing::warn!(
+                pod = pod_name,
+                container,
+                container_id,
+                budget_seconds = budget.as_secs(),
+                "checkpoint before stop did not finish within the grace period; stopping anyway"
+            )
+        }
     }
 }
 

@@ -7,7 +7,6 @@
 //! failed run is retried after the next interval, doubling up to 8 intervals.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -20,22 +19,6 @@ use crate::duration;
 /// How often the runtime's pods are looked at.
 pub const SCAN_PERIOD: Duration = Duration::from_secs(5);
 
-/// Counters of the checkpoint engine (exported as metrics by the daemon).
-#[derive(Debug, Default)]
-pub struct CheckpointMetrics {
-    /// Checkpoints committed.
-    pub succeeded: AtomicU64,
-    /// Checkpoints that failed (CRIU, store, runtime).
-    pub failed: AtomicU64,
-    /// Annotation values rejected.
-    pub rejected_annotations: AtomicU64,
-    /// Checkpoints pushed to a registry.
-    pub pushed: AtomicU64,
-    /// Pushes that failed (registry unreachable or refusing, malformed
-    /// repository); the local checkpoints were kept.
-    pub push_failed: AtomicU64,
-}
-
 #[derive(Debug, Clone)]
 struct Due {
     at: SystemTime,
@@ -46,7 +29,6 @@ struct Due {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     engine: Checkpointer,
-    metrics: Arc<CheckpointMetrics>,
     due: Arc<Mutex<HashMap<String, Due>>>,
     running: Arc<Mutex<HashSet<String>>>,
     /// (pod id, value) pairs already warned about, to log a rejection once.
@@ -79,9 +61,9 @@ pub fn backoff(interval: Duration, failures: u32) -> Duration {
 }
 
 impl Scheduler {
-    /// A scheduler over `engine`.
-    pub fn new(engine: Checkpointer, metrics: Arc<CheckpointMetrics>) -> Self {
-        Scheduler { engine, metrics, due: Arc::default(), running: Arc::default(), warned: Arc::default() }
+    /// A scheduler over `engine` (counting into the engine's metrics).
+    pub fn new(engine: Checkpointer) -> Self {
+        Scheduler { engine, due: Arc::default(), running: Arc::default(), warned: Arc::default() }
     }
 
     /// Runs until the task is dropped.
@@ -119,7 +101,7 @@ impl Scheduler {
                 Err(reason) => {
                     let value = pod.annotations.get(ann::CHECKPOINT_INTERVAL).cloned().unwrap_or_default();
                     if self.warned.lock().unwrap_or_else(PoisonError::into_inner).insert((pod.id.clone(), value)) {
-                        self.metrics.rejected_annotations.fetch_add(1, Ordering::Relaxed);
+                        self.engine.metrics().annotation_rejected(ann::CHECKPOINT_INTERVAL);
                         let name =
                             pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
                         tracing::warn!(pod = %name, "{reason}; no periodic checkpoints for this pod");
@@ -145,8 +127,7 @@ impl Scheduler {
             for container in containers.containers {
                 seen.insert(container.id.clone());
                 let name = container.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-                let key = format!("{namespace_pod}/{name}");
-                self.consider(&container.id, &key, container.created_at, interval);
+                self.consider(&container.id, &namespace_pod, &name, container.created_at, interval);
             }
         }
         // Forget containers that are gone.
@@ -154,7 +135,8 @@ impl Scheduler {
         Ok(())
     }
 
-    fn consider(&self, container_id: &str, key: &str, created_at_nanos: i64, interval: Duration) {
+    fn consider(&self, container_id: &str, pod: &str, name: &str, created_at_nanos: i64, interval: Duration) {
+        let key = &format!("{pod}/{name}");
         let now = SystemTime::now();
         let due = {
             let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
@@ -180,24 +162,24 @@ impl Scheduler {
         }
         let this = self.clone();
         let container_id = container_id.to_owned();
-        let key = key.to_owned();
+        let (pod, name) = (pod.to_owned(), name.to_owned());
         tokio::spawn(async move {
-            let result = this.engine.checkpoint(&container_id, None).await;
+            let request = super::CheckpointRequest { trigger: crate::metrics::Trigger::Periodic, ..Default::default() };
+            let result = this.engine.checkpoint_with(&container_id, request).await;
             let mut due = this.due.lock().unwrap_or_else(PoisonError::into_inner);
             let entry = due.entry(container_id.clone()).or_insert(Due { at: SystemTime::now(), failures: 0 });
             match result {
                 Ok(checkpoint) => {
-                    this.metrics.succeeded.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(container_id = %container_id, pod = %key, reference = %checkpoint.reference, "periodic checkpoint");
+                    tracing::info!(pod = %pod, container = %name, container_id = %container_id, reference = %checkpoint.reference, "periodic checkpoint");
                     *entry = Due { at: SystemTime::now() + interval + jitter(&container_id, interval), failures: 0 };
                 }
                 Err(e) => {
-                    this.metrics.failed.fetch_add(1, Ordering::Relaxed);
                     let failures = entry.failures + 1;
                     let retry = backoff(interval, failures);
                     tracing::warn!(
+                        pod = %pod,
+                        container = %name,
                         container_id = %container_id,
-                        pod = %key,
                         failures,
                         retry_in = %duration::format(retry),
                         error = %e,

@@ -10,6 +10,7 @@ use lazarus_proto::v1;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest, Sha256};
 use tonic::Code;
+use tracing::Instrument;
 
 use super::annotations::{self as ra, AnnotationError, Policy, RestoreRequest, Wanted};
 use super::archive::{self, ArchiveError};
@@ -19,6 +20,7 @@ use super::metadata::CheckpointMetadata;
 use super::plan::{self, Origin, Plan};
 use crate::checkpoint::annotations as ann;
 use crate::checkpoint::listing;
+use crate::metrics::RestoreResult;
 use crate::registry::Reference;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -135,6 +137,28 @@ pub enum RestoreError {
 }
 
 impl RestoreError {
+    /// A short, stable token for the metrics (`lazarus_restore_failures_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::Annotation(_) => "annotation",
+            RestoreError::NotFound { .. } => "not_found",
+            RestoreError::Check { failure, .. } => match failure {
+                CheckFailure::Namespace { .. } => "namespace",
+                CheckFailure::Image { .. } | CheckFailure::ImageUnknown => "image",
+                CheckFailure::Arch { .. } => "arch",
+                CheckFailure::SourceNotAllowed { .. } => "source",
+            },
+            RestoreError::Unpack { .. } | RestoreError::Corrupt { .. } => "integrity",
+            RestoreError::Handler { .. } => "handler",
+            RestoreError::NoneUsable { .. } => "none_usable",
+            RestoreError::Runtime(_) => "runtime",
+            RestoreError::Fetch { source: FetchError::StillDownloading { .. }, .. } => "downloading",
+            RestoreError::Fetch { source: FetchError::NotACheckpoint(_), .. } => "not_a_checkpoint",
+            RestoreError::Fetch { .. } => "registry",
+            RestoreError::Io { .. } => "io",
+        }
+    }
+
     /// The gRPC code a refused `CreateContainer` is answered with.
     pub fn code(&self) -> Code {
         match self {
@@ -213,6 +237,8 @@ pub struct Staged {
     restore_dir: PathBuf,
     origin: Origin,
     committed: bool,
+    /// Bytes unpacked (for the metrics).
+    bytes: u64,
 }
 
 impl Staged {
@@ -262,6 +288,7 @@ pub struct Restorer {
     store: Arc<Store>,
     config: Arc<RestorerConfig>,
     fetcher: Fetcher,
+    metrics: crate::metrics::Metrics,
 }
 
 /// How long `CreateContainer` waits for a download when kubelet sent no deadline.
@@ -292,7 +319,13 @@ impl Restorer {
             }
         }
         let fetcher = Fetcher::new(registry, &config.restore_dir);
-        Ok(Restorer { upstream, store, config: Arc::new(config), fetcher })
+        Ok(Restorer { upstream, store, config: Arc::new(config), fetcher, metrics: crate::metrics::Metrics::new() })
+    }
+
+    /// Counts into `metrics` (the daemon's registry).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The runtime handler pods with restore annotations are put on.
@@ -321,8 +354,19 @@ impl Restorer {
         let Some(sandbox) = &request.sandbox_config else { return Ok(None) };
         let container = request.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone());
         let Some(container) = container else { return Ok(None) };
-        let Some(wanted) = ra::request_for(&sandbox.annotations, &container)? else { return Ok(None) };
         let metadata = sandbox.metadata.clone().unwrap_or_default();
+        let wanted = match ra::request_for(&sandbox.annotations, &container) {
+            Ok(Some(wanted)) => wanted,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                let err = RestoreError::from(err);
+                let pod = format!("{}/{}", metadata.namespace, metadata.name);
+                tracing::warn!(pod = %pod, container = %container, error = %err, "restore refused; the container is not created");
+                self.metrics.restore(RestoreResult::Failed);
+                self.metrics.restore_failed(err.reason());
+                return Err(err);
+            }
+        };
         let subject = Subject {
             namespace: metadata.namespace,
             pod: metadata.name,
@@ -332,20 +376,31 @@ impl Restorer {
             annotations: sandbox.annotations.clone(),
         };
         let span = tracing::info_span!("restore", pod = %format!("{}/{}", subject.namespace, subject.pod), container = %subject.container);
-        let _enter = span.enter();
-        tracing::info!(annotation = %wanted.annotation, wanted = ?wanted.wanted, policy = wanted.policy.as_str(), "restore requested");
-        match self.prepare_for(&subject, &wanted, wait).await {
-            Ok(staged) => Ok(Some(staged)),
+        span.in_scope(|| tracing::info!(annotation = %wanted.annotation, wanted = ?wanted.wanted, policy = wanted.policy.as_str(), "restore requested"));
+        let started = std::time::Instant::now();
+        // Instrumented, not entered: the event loop runs other calls while this one awaits.
+        let result = self.prepare_for(&subject, &wanted, wait).instrument(span.clone()).await;
+        let _enter = span.enter(); // no await below
+        match result {
+            Ok(staged) => {
+                self.metrics.restore_prepared(started.elapsed(), staged.bytes);
+                Ok(Some(staged))
+            }
             // Not a reason to give up on the checkpoint: kubelet retries.
             Err(err @ RestoreError::Fetch { source: FetchError::StillDownloading { .. }, .. }) => {
                 tracing::info!(error = %err, "checkpoint still downloading; answering so kubelet retries");
+                self.metrics.restore(RestoreResult::Pending);
                 Err(err)
             }
             Err(err) if wanted.policy == Policy::BestEffort => {
+                self.metrics.restore(RestoreResult::Fresh);
+                self.metrics.restore_failed(err.reason());
                 tracing::warn!(error = %err, "no checkpoint restored; best effort: the container starts fresh");
                 Ok(None)
             }
             Err(err) => {
+                self.metrics.restore(RestoreResult::Failed);
+                self.metrics.restore_failed(err.reason());
                 tracing::warn!(error = %err, "restore refused; the container is not created");
                 Err(err)
             }
@@ -574,11 +629,12 @@ impl Restorer {
         };
         let dir = self.config.restore_dir.join(format!("{STAGING_PREFIX}{:016x}", rand_u64()));
         std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
-        let staged = Staged {
+        let mut staged = Staged {
             dir: dir.clone(),
             restore_dir: self.config.restore_dir.clone(),
             origin: Origin { key: subject.key(), checkpoint: candidate.identity(), source: reference.clone() },
             committed: false,
+            bytes: 0,
         };
         let tree = dir.join(plan::TREE_DIR);
         std::fs::create_dir(&tree).map_err(io("creating", &tree))?;
@@ -615,6 +671,7 @@ impl Restorer {
             checkpoint_namespace = meta.namespace.as_deref().unwrap_or(""),
             "checkpoint verified, unpacked and checked"
         );
+        staged.bytes = unpacked.bytes;
         Ok(staged)
     }
 
@@ -651,6 +708,7 @@ impl Restorer {
         }
         let this = self.clone();
         let annotations = pod.annotations.clone();
+        let pod_name = pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
         tokio::spawn(async move {
             for (container, value) in wanted {
                 let references: Vec<Reference> = if value == ra::LATEST {
@@ -675,7 +733,7 @@ impl Restorer {
                 for reference in references {
                     if let Ok(resolved) = this.fetcher.resolve(&reference).await {
                         let layer = &resolved.manifest.layers()[0];
-                        tracing::info!(checkpoint = %resolved.reference, "prefetching the checkpoint for a pod being created");
+                        tracing::info!(pod = %pod_name, container = %container, checkpoint = %resolved.reference, "prefetching the checkpoint for a pod being created");
                         drop(this.fetcher.start(&resolved.reference, layer.digest().as_ref(), layer.size()));
                     }
                 }
@@ -710,31 +768,47 @@ impl Restorer {
         let result: Option<plan::RestoreResult> = plan::read_json(&dir.join(plan::RESULT_FILE));
         let (key, source) =
             origin.as_ref().map_or((String::new(), String::new()), |o| (o.key.clone(), o.source.clone()));
+        // The key is namespace/pod/container.
+        let (pod, container) = key.rsplit_once('/').unwrap_or(("", key.as_str()));
         match error {
             None if result.as_ref().is_some_and(|r| r.ok) => {
-                tracing::info!(container_id, container = %key, checkpoint = %source, "container restored from its checkpoint");
+                self.metrics.restore(RestoreResult::Restored);
+                tracing::info!(pod, container, container_id, checkpoint = %source, "container restored from its checkpoint");
             }
             None => {
+                self.metrics.restore(RestoreResult::Failed);
+                self.metrics.restore_failed("wrapper");
                 tracing::error!(
+                    pod,
+                    container,
                     container_id,
-                    container = %key,
                     checkpoint = %source,
                     "StartContainer succeeded but the wrapper did not restore (is the pod's runtime handler's BinaryName lazarus-runc, with the same LAZARUS_RESTORE_DIR?)"
                 );
             }
             Some(message) => {
                 let log = result.map(|r| r.restore_log.join(" | ")).unwrap_or_default();
-                tracing::warn!(container_id, container = %key, checkpoint = %source, error = %message, restore_log = %log, "restore failed; this checkpoint will be skipped next time");
+                self.metrics.restore(RestoreResult::Failed);
+                self.metrics.restore_failed("criu");
+                tracing::warn!(pod, container, container_id, checkpoint = %source, error = %message, restore_log = %log, "restore failed; this checkpoint will be skipped next time");
                 if let Some(origin) = &origin {
                     self.remember_failure(origin);
                 }
             }
         }
         let tree = dir.join(plan::TREE_DIR);
-        if tree.exists()
-            && let Err(e) = std::fs::remove_dir_all(&tree)
-        {
-            tracing::warn!(path = %tree.display(), error = %e, "cannot remove the unpacked checkpoint");
+        if tree.exists() {
+            // Gigabytes of images: removed on the blocking pool, not on the event loop
+            // (StartContainer's answer does not wait for it).
+            let remove = move || {
+                if let Err(e) = std::fs::remove_dir_all(&tree) {
+                    tracing::warn!(path = %tree.display(), error = %e, "cannot remove the unpacked checkpoint");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+                Err(_) => remove(),
+            }
         }
     }
 
