@@ -206,7 +206,17 @@ fn first_count(log: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_container_comes_back_in_a_new_pod() -> Result<()> {
     let _serial = lazarus_e2e::serial().await;
+    // A plan left behind by a container removed while lazarus was down.
+    let restore_dir = PathBuf::from(Testbed::load()?.var("LAZARUS_RESTORE_DIR")?);
+    let stale = restore_dir.join(format!("{:016x}{:016x}", lazarus_e2e::rand_u64(), lazarus_e2e::rand_u64()));
+    std::fs::create_dir_all(stale.join("tree"))?;
+    std::fs::write(stale.join("plan.json"), "{}")?;
     let mut bed = Bed::up().await?;
+    wait_for(Duration::from_secs(10), "lazarus to remove a stale restore plan at start", || {
+        let gone = !stale.exists();
+        async move { gone.then_some(()) }
+    })
+    .await?;
     let pod = bed.pod("counter", NAMESPACE, &[]);
     let (pod_id, id) = bed.stateful(&pod).await?;
     let (reference, before, after) = bed.checkpoint_counting(&id, &format!("{NAMESPACE}/counter/stateful")).await?;

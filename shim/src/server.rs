@@ -92,6 +92,10 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     )
     .map_err(ServeError::Restore)?
     .with_metrics(metrics.clone());
+    tokio::spawn({
+        let restorer = restorer.clone();
+        async move { restorer.sweep_stale_plans().await }
+    });
     let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone()).run());
     let mut background = Vec::new();
     if let (Some(socket), Some(address)) = (metrics_socket, config.metrics_listen) {

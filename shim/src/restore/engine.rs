@@ -829,6 +829,43 @@ impl Restorer {
         self.removed(container_id);
     }
 
+    /// Removes the plans of containers the runtime no longer knows (removed
+    /// while lazarus was down). Run once at start; a runtime that cannot be
+    /// asked leaves everything in place.
+    pub async fn sweep_stale_plans(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.config.restore_dir) else { return };
+        let ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.') && plan::valid_container_id(name))
+            .collect();
+        for id in ids {
+            let status: Result<v1::ContainerStatusResponse, _> = self
+                .upstream
+                .unary(
+                    "/runtime.v1.RuntimeService/ContainerStatus",
+                    &v1::ContainerStatusRequest { container_id: id.clone(), verbose: false },
+                    &[],
+                )
+                .await;
+            match status {
+                Err(status) if status.code() == Code::NotFound => {
+                    tracing::info!(container_id = %id, "removing the restore plan of a container that no longer exists");
+                    let dir = plan::plan_dir(&self.config.restore_dir, &id);
+                    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                    if let Ok(Err(e)) = removed {
+                        tracing::warn!(container_id = %id, error = %e, "cannot remove a stale restore plan");
+                    }
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "runtime not answering; stale restore plans stay for now");
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// After `RemoveContainer`: the plan dir goes too.
     pub fn removed(&self, container_id: &str) {
         if !plan::valid_container_id(container_id) {
