@@ -498,6 +498,13 @@ pub fn container_config(pod: &v1::PodSandboxConfig, name: &str, image: &str, com
     }
 }
 
+/// The stateful workload the checkpoint and restore suites run: a counter in
+/// `/count` and on stdout, a file written in the writable layer, a file deleted
+/// from the image, and a listening echo server on 8080 with a connected client.
+pub const STATEFUL_WORKLOAD: &str = "echo stateful > /data.txt; rm /bin/vi; \
+    nc -ll -p 8080 -e /bin/cat & sleep 1; (sleep 1000000 | nc 127.0.0.1 8080 >/dev/null &); \
+    i=0; while true; do echo $i > /count; echo count $i; i=$((i+1)); sleep 1; done";
+
 /// A process-unique pseudo-random number (pod uids, names).
 pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -17,9 +17,7 @@ use sha2::{Digest, Sha256};
 
 const POD: &str = "ckpt";
 const NAMESPACE: &str = "lazarus-e2e";
-const STATEFUL: &str = "echo stateful > /data.txt; rm /bin/vi; \
-    nc -ll -p 8080 -e /bin/cat & sleep 1; (sleep 1000000 | nc 127.0.0.1 8080 >/dev/null &); \
-    i=0; while true; do echo $i > /count; echo count $i; i=$((i+1)); sleep 1; done";
+const STATEFUL: &str = lazarus_e2e::STATEFUL_WORKLOAD;
 
 struct Bed {
     bed: Testbed,

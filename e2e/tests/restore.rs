@@ -16,9 +16,7 @@ use lazarus_proto::v1;
 const NAMESPACE: &str = "lazarus-e2e";
 /// A counter in /count and on stdout, a file in the writable layer, a file
 /// deleted from the image, a listening echo server with a connected client.
-const STATEFUL: &str = "echo stateful > /data.txt; rm /bin/vi; \
-    nc -ll -p 8080 -e /bin/cat & sleep 1; (sleep 1000000 | nc 127.0.0.1 8080 >/dev/null &); \
-    i=0; while true; do echo $i > /count; echo count $i; i=$((i+1)); sleep 1; done";
+const STATEFUL: &str = lazarus_e2e::STATEFUL_WORKLOAD;
 
 struct Bed {
     bed: Testbed,

@@ -18,9 +18,7 @@ const NAMESPACE: &str = "lazarus-e2e";
 const HANDLER: &str = "lazarus";
 /// A counter with state in memory, in its writable layer (a new file, a deleted image file), a
 /// listening TCP server and an established connection to it.
-const STATEFUL: &str = "echo stateful > /data.txt; rm /bin/vi; \
-    nc -ll -p 8080 -e /bin/cat & sleep 1; (sleep 1000000 | nc 127.0.0.1 8080 >/dev/null &); \
-    i=0; while true; do echo $i > /count; echo count $i; i=$((i+1)); sleep 1; done";
+const STATEFUL: &str = lazarus_e2e::STATEFUL_WORKLOAD;
 
 /// The test bed, the wrapper installed, a scratch directory and a CRI client.
 struct Bed {

@@ -627,8 +627,12 @@ impl Restorer {
             Candidate::Registry { reference: pinned } => Some(self.download(pinned, wait).await?),
             _ => None,
         };
-        let dir = self.config.restore_dir.join(format!("{STAGING_PREFIX}{:016x}", rand_u64()));
-        std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
+        // A unique name from tempfile; `Staged` owns the removal from here on.
+        let dir = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(&self.config.restore_dir)
+            .map_err(io("creating a staging dir in", &self.config.restore_dir))?
+            .keep();
         let mut staged = Staged {
             dir: dir.clone(),
             restore_dir: self.config.restore_dir.clone(),
@@ -1007,13 +1011,6 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             Ok((annotations, arch, unpacked))
         }
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    h.finish()
 }
 
 #[cfg(test)]
