@@ -97,7 +97,7 @@ PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
   docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch prometheus
   util-linux xz-utils gcc make pkg-config
   systemd shellcheck
-  libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
+  libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libgnutls28-dev libbsd-dev libnftables-dev uuid-dev"
 
 # --- Helpers -----------------------------------------------------------------
