@@ -213,7 +213,7 @@ impl Metrics {
         let checkpoint_frozen = Histogram::new(FROZEN_BUCKETS);
         registry.register_with_unit(
             "lazarus_checkpoint_frozen",
-            "How long CRIU kept the container frozen, from its dump statistics",
+            "How long the container was frozen for the cut: dump and writable layer",
             Unit::Seconds,
             checkpoint_frozen.clone(),
         );

@@ -96,6 +96,15 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
         let restorer = restorer.clone();
         async move { restorer.sweep_stale_plans().await }
     });
+    tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let thawed = engine.thaw_abandoned().await;
+            if thawed > 0 {
+                tracing::warn!(thawed, "thawed containers that interrupted checkpoints had left frozen");
+            }
+        }
+    });
     let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone()).run());
     let mut background = Vec::new();
     if let (Some(socket), Some(address)) = (metrics_socket, config.metrics_listen) {

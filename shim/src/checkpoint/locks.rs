@@ -58,19 +58,55 @@ fn open(path: &Path) -> Result<File, LockError> {
         .map_err(|source| LockError::Open { path: path.to_owned(), source })
 }
 
-/// Takes the container's lock (failing at once if it is held) and then one of
-/// `slots` node-wide slots (waiting until one is free).
-pub async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+/// Takes the container's lock, failing at once if it is held.
+pub fn try_container(dir: &Path, container_id: &str) -> Result<ContainerLock, LockError> {
     std::fs::create_dir_all(dir).map_err(|source| LockError::Open { path: dir.to_owned(), source })?;
     let container_path = dir.join(format!("container-{container_id}.lock"));
     let container = Flock::lock(open(&container_path)?, FlockArg::LockExclusiveNonblock)
         .map_err(|_| LockError::Busy { container_id: container_id.to_owned() })?;
+    Ok(ContainerLock { _container: container })
+}
+
+/// Takes the container's lock (failing at once if it is held) and then one of
+/// `slots` node-wide slots (waiting until one is free).
+pub async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+    let container = try_container(dir, container_id)?;
+    with_slot(dir, container, container_id, slots).await
+}
+
+/// Like [`acquire`], but waits while another checkpoint of the container
+/// runs (the checkpoint before a stop must not be skipped because a periodic
+/// one is still going). The caller bounds the wait.
+pub async fn acquire_waiting(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+    let mut waited = false;
+    let container = loop {
+        match try_container(dir, container_id) {
+            Ok(lock) => break lock,
+            Err(LockError::Busy { .. }) => {
+                if !waited {
+                    tracing::info!(container_id, "waiting for the container's running checkpoint to finish");
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    with_slot(dir, container, container_id, slots).await
+}
+
+async fn with_slot(
+    dir: &Path,
+    container: ContainerLock,
+    container_id: &str,
+    slots: usize,
+) -> Result<CheckpointPermit, LockError> {
     let mut waited = false;
     loop {
         for n in 0..slots.max(1) {
             let file = open(&dir.join(format!("slot-{n}.lock")))?;
             if let Ok(slot) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                return Ok(CheckpointPermit { _container: container, _slot: slot });
+                return Ok(CheckpointPermit { _container: container._container, _slot: slot });
             }
         }
         if !waited {
@@ -118,5 +154,32 @@ mod tests {
         let err = acquire(dir.path(), "a", 1).await.expect_err("container a is still locked");
         assert!(matches!(err, LockError::Busy { .. }), "{err}");
         drop((pushing, other));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_acquire_gets_the_container_once_it_is_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = acquire(dir.path(), "a", 2).await.expect("first");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn({
+            let dir = dir.path().to_owned();
+            async move {
+                let permit = acquire_waiting(&dir, "a", 2).await;
+                let _ = tx.send(());
+                permit
+            }
+        });
+        // Still held: the waiter cannot have it.
+        assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })));
+        assert!(tokio::time::timeout(Duration::from_millis(300), rx).await.is_err(), "got a held lock");
+        drop(running);
+        let permit = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("lock freed")
+            .expect("task")
+            .expect("permit");
+        assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })), "the waiter holds it");
+        drop(permit);
+        try_container(dir.path(), "a").expect("free again");
     }
 }
