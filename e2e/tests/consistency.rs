@@ -307,7 +307,20 @@ async fn a_graceful_shutdown_never_becomes_latest() -> Result<()> {
     // kubelet's order: StopContainer with the pod's grace period; the
     // workload shuts down for 12 s, the scheduler scans (every 5 s) meanwhile.
     let stop_started = Instant::now();
-    bed.cri.runtime.stop_container(v1::StopContainerRequest { container_id: id.clone(), timeout: 30 }).await?;
+    let stop = tokio::spawn({
+        let mut runtime = bed.cri.runtime.clone();
+        let request = v1::StopContainerRequest { container_id: id.clone(), timeout: 30 };
+        async move { runtime.stop_container(request).await }
+    });
+    // A manual checkpoint during the shutdown is refused, with the reason.
+    wait_for(Duration::from_secs(10), "the workload to receive SIGTERM", || {
+        let said_bye = log_of(&pod, "worker").contains("bye");
+        async move { said_bye.then_some(()) }
+    })
+    .await?;
+    let refused = bed.checkpoint(&id).expect_err("a checkpoint during the shutdown must be refused").to_string();
+    ensure!(refused.contains("is being stopped"), "unexpected refusal: {refused}");
+    stop.await??;
     let stop_took = stop_started.elapsed();
     ensure!(stop_took >= Duration::from_secs(10), "the workload did not take its time to shut down: {stop_took:?}");
     ensure!(log_of(&pod, "worker").contains("bye"), "the workload never saw SIGTERM");
