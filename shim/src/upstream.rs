@@ -168,8 +168,9 @@ impl Upstream {
     /// ends it with an `UNAVAILABLE` status); a stream the upstream resets
     /// becomes [`ProxyError::UpstreamReset`] (mid-response: the body ends
     /// with an error carrying the same reset, see [`reset_reason`]). A request
-    /// the upstream never processed — the connection was going away (GOAWAY)
-    /// or it refused the stream — is sent once more on a new connection.
+    /// the upstream never processed is sent once more: on a new connection
+    /// when the old one was going away (GOAWAY) or gone before it was sent,
+    /// on the same one when the stream was refused (REFUSED_STREAM).
     pub async fn forward(&self, head: http::request::Parts, body: Bytes) -> Result<http::Response<Body>, ProxyError> {
         let mut request = http::Request::from_parts(head, ());
         let mut uri = std::mem::take(request.uri_mut()).into_parts();
@@ -211,9 +212,9 @@ impl Upstream {
                 connection.closed.store(true, Ordering::Release);
             }
         };
-        // Not sent at all: the connection is going away or gone.
+        // Not sent at all (the connection is going away or gone): safe to send again.
         let not_sent = |e: h2::Error| {
-            connection.closed.store(true, Ordering::Release);
+            closed(&e);
             Attempt::NotProcessed(e)
         };
         let mut sender = connection.sender.clone().ready().await.map_err(not_sent)?;

@@ -284,6 +284,8 @@ enum Answer {
     /// Waits for the request's `grpc-timeout`, then RST_STREAM CANCEL, as
     /// containerd 2.1's grpc-go does when a deadline expires.
     Deadline,
+    /// RST_STREAM REFUSED_STREAM the first time (not processed), then a message.
+    RefuseOnce,
 }
 
 fn answer_of(request: &http::Request<h2::RecvStream>) -> Answer {
@@ -299,6 +301,7 @@ fn answer_of(request: &http::Request<h2::RecvStream>) -> Answer {
         "reset-after-message" => Answer::ResetAfterMessage(code),
         "hold" => Answer::Hold,
         "deadline" => Answer::Deadline,
+        "refuse-once" => Answer::RefuseOnce,
         other => panic!("unknown x-fake answer {other}"),
     }
 }
@@ -409,6 +412,13 @@ async fn serve_one(
         let _ = body.flow_control().release_capacity(chunk.len());
     }
     let not_found = [("grpc-status", "5"), ("grpc-message", "fake: no such container")];
+    let refused_before =
+        log.lock().expect("log").requests.iter().filter(|(_, x, _)| x.as_deref() == Some("refuse-once")).count() > 1;
+    let answer = match answer {
+        Answer::RefuseOnce if refused_before => Answer::Message,
+        Answer::RefuseOnce => Answer::ResetBeforeHeaders(u32::from(Reason::REFUSED_STREAM)),
+        other => other,
+    };
     let result: Result<(), h2::Error> = async {
         match answer {
             Answer::TrailersOnly => {
@@ -465,6 +475,7 @@ async fn serve_one(
                     }
                 }
             }
+            Answer::RefuseOnce => unreachable!("resolved above"),
             Answer::Deadline => {
                 let expiry = timeout
                     .as_deref()
@@ -678,6 +689,22 @@ async fn upstream_resets_reach_the_client_with_their_code() {
     assert!(matches!(seen.get(1), Some(Seen::Data { end_stream: false, .. })), "{seen:#?}");
     assert_eq!(seen.last(), Some(&Seen::Reset(u32::from(Reason::CANCEL))), "{seen:#?}");
     assert_eq!(seen.len(), 3, "{seen:#?}");
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again() {
+    let mut scene = Scene::new().await;
+    let path = format!("{RUNTIME}/ListContainers");
+    let seen = scene.client.call(&path, b"", &[("x-fake", "refuse-once")]).await;
+    assert_eq!(seen.last().and_then(|s| s.field("grpc-status")), Some("0"), "{seen:#?}");
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Reset(_))), "{seen:#?}");
+    let (tries, connections) = {
+        let log = scene.fake.log();
+        (log.requests.iter().filter(|(p, _, _)| *p == path).count(), log.connections)
+    };
+    // REFUSED_STREAM is about the stream, not the connection: the same connection serves the retry.
+    assert_eq!((tries, connections), (2, 1), "refused once, then sent again");
     scene.stop().await;
 }
 
