@@ -16,6 +16,16 @@ pub enum ProxyError {
         /// The transport error, with its causes.
         reason: String,
     },
+    /// The upstream reset the call's stream (RST_STREAM) before answering,
+    /// e.g. containerd 2.1 when the call's `grpc-timeout` expires. The
+    /// client's stream is reset with the same code.
+    #[error("upstream {upstream} reset the stream: {reason:?}")]
+    UpstreamReset {
+        /// The upstream endpoint.
+        upstream: Arc<str>,
+        /// The RST_STREAM error code.
+        reason: h2::Reason,
+    },
     /// The client's request body could not be read.
     #[error("reading the {method} request: {reason}")]
     RequestBody {
@@ -69,6 +79,7 @@ impl ProxyError {
     pub fn code(&self) -> Code {
         match self {
             ProxyError::UpstreamUnavailable { .. } => Code::Unavailable,
+            ProxyError::UpstreamReset { reason, .. } => crate::upstream::code_for_reset(*reason),
             ProxyError::RequestBody { .. } => Code::Cancelled,
             ProxyError::MessageTooLarge { .. } => Code::ResourceExhausted,
             ProxyError::MalformedFrame { .. } => Code::Internal,

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use lazarus_proto::v1;
 use prost::Message;
@@ -202,9 +202,13 @@ impl<M: Message + Default> UnaryCall<M> {
         let method = self.parts.uri.path().to_owned();
         let response = upstream.forward(self.parts, self.raw).await?;
         let (parts, body) = response.into_parts();
-        let collected = body.collect().await.map_err(|status| ProxyError::UpstreamUnavailable {
-            upstream: upstream.name().into(),
-            reason: status.message().to_owned(),
+        let collected = body.collect().await.map_err(|status| match crate::upstream::reset_reason(&status) {
+            // Reset mid-response: the client gets the same reset (and no headers: they were buffered).
+            Some(reason) => ProxyError::UpstreamReset { upstream: upstream.name().into(), reason },
+            None => ProxyError::UpstreamUnavailable {
+                upstream: upstream.name().into(),
+                reason: status.message().to_owned(),
+            },
         })?;
         let trailers = collected.trailers().cloned();
         let raw = collected.to_bytes();
@@ -321,13 +325,13 @@ impl http_body::Body for Buffered {
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
+    /// True for a Trailers-Only answer (no data, no trailers: the status is
+    /// in the headers), so it leaves lazarus as one HEADERS frame.
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
+    // No exact size hint: hyper would add a `content-length` the upstream did not send.
 }
 
 #[cfg(test)]

@@ -843,7 +843,7 @@ mod tests {
                 .uri(path)
                 .body(http_body_util::Full::new(crate::grpc_frame::encode(&[])))
                 .expect("request");
-            let response = proxy.handle(request).await;
+            let response = proxy.handle(request).await.expect("a status, not a reset");
             assert_eq!(status_code_name(response.headers()), Some("UNAVAILABLE"));
         }
         assert_eq!(count(&m, "ListContainers", "UNAVAILABLE"), Some(1.0));

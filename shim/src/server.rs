@@ -1,6 +1,5 @@
 //! Serving the CRI on the unix socket, and shutting down gracefully.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -175,7 +174,8 @@ pub async fn run(socket: UnixListener, proxy: Proxy, shutdown: impl Future<Outpu
                     let proxy = proxy.clone();
                     let service = hyper::service::service_fn(move |request| {
                         let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                        // An Err resets the client's stream with the upstream's code.
+                        async move { proxy.handle(request).await }
                     });
                     let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {

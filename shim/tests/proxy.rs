@@ -111,7 +111,12 @@ impl RunningProxy {
     async fn start(dir: &Path, upstream: &Path) -> RunningProxy {
         let listen = dir.join("lazarus/cri.sock");
         let config = Config::resolve(
-            FileConfig { shutdown_timeout: Some("5s".into()), ..FileConfig::default() },
+            FileConfig {
+                shutdown_timeout: Some("5s".into()),
+                // Temporary paths only: the default restore dir is /var/lib/lazarus/restore.
+                restore_dir: Some(dir.join("restore")),
+                ..FileConfig::default()
+            },
             Overrides {
                 listen: Some(listen.clone()),
                 upstream: Some(format!("unix://{}", upstream.display())),
