@@ -95,6 +95,30 @@ impl From<ProxyError> for Status {
     }
 }
 
+/// The gRPC code for a registry error, the one mapping (restores use it through
+/// `FetchError::code`): only what a retry can fix is `UNAVAILABLE`; a wrong tag is
+/// `NOT_FOUND`, refused credentials `PERMISSION_DENIED`.
+pub fn registry_code(err: &crate::registry::RegistryError) -> Code {
+    use crate::registry::RegistryError as E;
+    match err {
+        E::NotFound { .. } => Code::NotFound,
+        E::Auth { .. } => Code::PermissionDenied,
+        E::Transport { .. } | E::Timeout { .. } => Code::Unavailable,
+        E::Status { status, .. } => match status {
+            401 | 403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            408 | 429 | 500..=599 => Code::Unavailable,
+            _ => Code::Internal,
+        },
+        E::Reference(_) => Code::InvalidArgument,
+        E::Integrity { .. } => Code::DataLoss,
+        E::Credentials(_) | E::Tls { .. } | E::InsecureUrl { .. } | E::DeleteUnsupported { .. } => {
+            Code::FailedPrecondition
+        }
+        E::Protocol { .. } | E::Io { .. } => Code::Internal,
+    }
+}
+
 /// Renders an error with all of its causes: `a: b: c`.
 pub fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
