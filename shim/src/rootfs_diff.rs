@@ -1420,8 +1420,9 @@ mod tests {
         header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
         header.set_entry_type(kind);
         header.set_mode(0o777);
-        header.set_uid(0);
-        header.set_gid(0);
+        // Owned by whoever runs the test: apply_diff chowns, which only root may do to others.
+        header.set_uid(Uid::effective().as_raw().into());
+        header.set_gid(Gid::effective().as_raw().into());
         header.set_mtime(0);
         header.set_size(content.len() as u64);
         if matches!(kind, EntryType::Block | EntryType::Char) {
@@ -1672,7 +1673,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (the directory normalize_layer makes for an opaque whiteout is owned by root); run with --include-ignored"]
     fn oci_layer_whiteouts_become_deletions() {
+        require_root();
         let mut builder = Builder::new(Vec::new());
         for (path, kind, data) in [
             ("bin/", EntryType::Directory, &b""[..]),
