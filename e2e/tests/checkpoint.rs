@@ -237,7 +237,13 @@ async fn checkpoints_of_a_running_stateful_container() -> Result<()> {
         let manifest: serde_json::Value = serde_json::from_slice(&blob(&state, d)?)?;
         layer_contents(&state, &manifest)?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The dump the killed CLI asked containerd for may still run: wait until no CRIU and no
+    // `runc checkpoint` is left (the e2e suite holds the test bed alone), not a fixed time.
+    wait_for(Duration::from_secs(60), "the interrupted dump's criu / runc checkpoint to end", || async {
+        checkpoint_processes().is_empty().then_some(())
+    })
+    .await
+    .with_context(|| format!("still running: {:?}", checkpoint_processes()))?;
     let fourth = bed.checkpoint(&id, &[])?;
     ensure!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) == 0, "leftover staging removed");
     ensure!(
@@ -269,6 +275,26 @@ async fn checkpoints_of_a_running_stateful_container() -> Result<()> {
     println!("counter {after} → {end} at the end ({:.1} s until it moved)", waited.elapsed().as_secs_f64());
     bed.cri.sweep_test_pods().await?;
     Ok(())
+}
+
+/// `pid: command line` of every `criu` and `runc … checkpoint` process on the node.
+fn checkpoint_processes() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let program = args.first()?.rsplit('/').next()?.to_owned();
+            let dumping = program == "criu" || (program.ends_with("runc") && args.iter().any(|a| a == "checkpoint"));
+            dumping.then(|| format!("{}: {}", e.file_name().to_string_lossy(), args.join(" ")))
+        })
+        .collect()
 }
 
 /// Digests of the store's entries for one container, oldest first.

@@ -251,11 +251,8 @@ where
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ProxyError::MessageTooLarge {
-                    method: method.to_owned(),
-                    size: MAX_MESSAGE_SIZE + 1,
-                    limit: MAX_MESSAGE_SIZE,
-                }
+                // Cut off at the limit: the real size is not known.
+                ProxyError::MessageTooLarge { method: method.to_owned(), size: None, limit: MAX_MESSAGE_SIZE }
             } else {
                 ProxyError::RequestBody { method: method.to_owned(), reason: chain(&*e) }
             }
@@ -302,7 +299,7 @@ fn decode<M: Message + Default>(method: &str, what: &'static str, raw: &Bytes) -
             Ok(None)
         }
         Err(FrameError::TooLarge(size)) => {
-            Err(ProxyError::MessageTooLarge { method: method.to_owned(), size, limit: MAX_MESSAGE_SIZE })
+            Err(ProxyError::MessageTooLarge { method: method.to_owned(), size: Some(size), limit: MAX_MESSAGE_SIZE })
         }
         Err(e) => Err(ProxyError::MalformedFrame { method: method.to_owned(), reason: e.reason() }),
     }

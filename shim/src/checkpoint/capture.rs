@@ -300,31 +300,9 @@ struct Target {
     runtime_version: String,
 }
 
+/// Now as a `created` annotation and a time tag (formats in [`crate::timefmt`]).
 fn now_rfc3339() -> (String, String) {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let ms = now.subsec_millis();
-    (
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"),
-        format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}.{ms:03}Z"),
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::timefmt::created_and_tag(SystemTime::now())
 }
 
 const CONTAINER_STATUS: &str = "/runtime.v1.RuntimeService/ContainerStatus";
@@ -891,7 +869,7 @@ impl Checkpointer {
             "rootfsImageRef": target.status.image_ref,
             "rootfsImageName": image,
             "runtime": "runc",
-            "createdTime": rfc3339_from_nanos(target.status.created_at),
+            "createdTime": crate::timefmt::rfc3339_seconds_from_nanos(target.status.created_at),
             "checkpointedTime": created,
             "restored": false,
             "pod": {"name": metadata.name, "namespace": metadata.namespace, "uid": metadata.uid},
@@ -1039,13 +1017,6 @@ pub fn dump_log_excerpt(path: &Path) -> String {
     format!("\nfrom {}:\n  {}", path.display(), picked.join("\n  "))
 }
 
-fn rfc3339_from_nanos(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
@@ -1118,18 +1089,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(rfc3339_from_nanos(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
-    }
-
-    #[test]
     fn tags_sort_by_time() {
         let (created, tag) = now_rfc3339();
         assert_eq!(created.len(), "2026-11-22T23:35:05.123Z".len());
         assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'), "{tag}");
+        // Tags of different times, listed out of order, sort by time as strings: across a
+        // millisecond, a second, a day, a month and a year boundary, and against 1970.
+        let at = |ms: u64| crate::timefmt::created_and_tag(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).1;
+        let times = [
+            1_795_391_493_919, // 2026-11-22T23:51:33.919Z
+            1_795_391_493_920,
+            1_795_391_494_001,
+            1_795_392_000_000, // the next day
+            1_798_761_600_000, // 2027-01-01
+            0,
+            999,
+            1_000,
+        ];
+        let mut tags: Vec<String> = times.iter().map(|&ms| at(ms)).collect();
+        tags.sort();
+        let mut by_time = times.to_vec();
+        by_time.sort_unstable();
+        assert_eq!(tags, by_time.iter().map(|&ms| at(ms)).collect::<Vec<_>>());
+        assert_eq!(at(1_795_391_493_919), "20261122T235133.919Z");
+        // A tag taken now sorts after one taken a second earlier.
+        let earlier = crate::timefmt::created_and_tag(SystemTime::now() - Duration::from_secs(1)).1;
+        assert!(earlier < tag, "{earlier} !< {tag}");
     }
 
     #[test]
