@@ -23,6 +23,9 @@ run_cargo_test() {
 teardown() { [ "${LAZARUS_KEEP_TESTBED:-0}" = 1 ] || bash e2e/testbed/testbed.sh down >/dev/null 2>&1 || true; }
 trap 'teardown; rm -f "$results"' EXIT
 
+step "install list: CRIU and the workspace built in a minbase root with only the listed packages"
+bash e2e/testbed/testbed.sh verify-packages
+
 first=${flavors%% *}
 step "test bed up (containerd $first)"
 bash e2e/testbed/testbed.sh up --containerd "$first"
