@@ -564,8 +564,9 @@ criu_runtime_check() {
 
 # The lines of CRIU's build log that say what is missing.
 criu_build_errors() {
+  # (CRIU's Makefile asks git for a version and falls back without it.)
   grep -E 'No rule to make target|fatal error|error:|not found|No such file|was not found' "$1" |
-    tail -5 | sed 's/^/  /'
+    grep -v 'git: No such file' | uniq | tail -4 | sed 's/^/  /'
 }
 
 # Builds CRIU in a fresh overlay of the minbase root holding nothing but
