@@ -6,10 +6,13 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=e2e/lib.sh
 . "$repo/e2e/lib.sh"
 
 require_root
+require_debian
 require_cargo
+require_rust_lints
 flavors=${LAZARUS_E2E_FLAVORS:-1.6 2.1}
 started=$(date +%s)
 
