@@ -562,11 +562,12 @@ criu_runtime_check() {
   log "minbase: criu's libraries ($(echo "$libs" | tr '\n' ' ')) come from CRIU_RUNTIME_PACKAGES or minbase"
 }
 
-# The lines of CRIU's build log that say what is missing.
+# The lines of CRIU's build log $1, after its line $2, that say what is missing.
 criu_build_errors() {
   # (CRIU's Makefile asks git for a version and falls back without it.)
-  grep -E 'No rule to make target|fatal error|error:|not found|No such file|was not found' "$1" |
-    grep -v 'git: No such file' | uniq | tail -4 | sed 's/^/  /'
+  tail -n "+$(($2 + 1))" "$1" |
+    grep -E 'No rule to make target|fatal error|error:|not found|No such file|was not found' |
+    grep -v 'git: No such file' | awk '!seen[$0]++' | tail -4 | sed 's/^/  /'
 }
 
 # Builds CRIU in a fresh overlay of the minbase root holding nothing but
@@ -574,7 +575,7 @@ criu_build_errors() {
 # With "rust" as $1 (verify-packages) it then adds RUST_BUILD_PACKAGES and
 # runs `cargo check` of the whole workspace there.
 build_in_minbase() {
-  local what=$1 root src built=$CACHE_DIR/criu/built start log_file=$LOG_DIR/criu-build.log patch
+  local what=$1 root src built=$CACHE_DIR/criu/built start log_file=$LOG_DIR/criu-build.log patch lines
   fetch_criu_tarball
   mkdir -p "$MINBASE_DIR"
   exec 8>"$MINBASE_LOCK"
@@ -595,9 +596,10 @@ build_in_minbase() {
   done
   log "criu: building $CRIU_VERSION in the minbase root (log: $log_file)"
   printf '=== %s testbed.sh: make criu in a minbase root with CRIU_BUILD_PACKAGES\n' "$(date -Is)" >>"$log_file"
+  lines=$(wc -l <"$log_file")
   if ! in_root make -C "$src" -j"$(nproc)" criu >>"$log_file" 2>&1; then
     printf '[testbed] error: building CRIU in a minbase root with only CRIU_BUILD_PACKAGES failed:\n' >&2
-    criu_build_errors "$log_file" >&2
+    criu_build_errors "$log_file" "$lines" >&2
     die "a build dependency is missing from CRIU_BUILD_PACKAGES in $SELF (this host may have it installed by hand, a fresh machine does not); see $log_file"
   fi
   criu_runtime_check "$src/criu/criu"
@@ -618,7 +620,7 @@ build_in_minbase() {
 # RUST_BUILD_PACKAGES are added, with the host's Rust toolchain and crate cache
 # mounted in.
 rust_workspace_check() {
-  local root=$BUILD_DIR/root repo sysroot cargo_home start rustc
+  local root=$BUILD_DIR/root repo sysroot cargo_home start rustc lines
   repo=$(cd "$TESTBED_DIR/../.." && pwd)
   cargo_home=${CARGO_HOME:-$HOME/.cargo}
   # This script's PATH is the system's: rustup's toolchain is in CARGO_HOME.
@@ -640,10 +642,12 @@ rust_workspace_check() {
   log "rust: cargo check --workspace --all-targets in the minbase root (log: $MINBASE_LOG)"
   printf '=== %s testbed.sh: cargo check in a minbase root with CRIU_BUILD_PACKAGES and RUST_BUILD_PACKAGES\n' \
     "$(date -Is)" >>"$MINBASE_LOG"
+  lines=$(wc -l <"$MINBASE_LOG")
   if ! in_root PATH=/toolchain/bin:/usr/bin:/bin CARGO_HOME=/cargo-home CARGO_TARGET_DIR=/target \
     CARGO_TERM_COLOR=never sh -c 'cd /src && cargo check --workspace --all-targets --locked --offline' \
     >>"$MINBASE_LOG" 2>&1; then
-    grep -E '^error|failed to run custom build|Could not find|not found' "$MINBASE_LOG" | tail -5 | sed 's/^/  /' >&2
+    tail -n "+$((lines + 1))" "$MINBASE_LOG" | grep -E '^error|failed to run custom build|Could not find|not found' |
+      tail -5 | sed 's/^/  /' >&2
     die "the Rust workspace does not build in a minbase root with CRIU_BUILD_PACKAGES and RUST_BUILD_PACKAGES: a package is missing from RUST_BUILD_PACKAGES in $SELF; see $MINBASE_LOG"
   fi
   log "rust: the workspace builds from the listed packages ($(($(date +%s) - start))s)"
