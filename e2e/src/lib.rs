@@ -400,6 +400,28 @@ impl Cri {
         Ok(String::from_utf8_lossy(&exec.stdout).trim().parse()?)
     }
 
+    /// ExecSync `cmd` in a container; returns (exit code, stdout, stderr).
+    pub async fn exec(&mut self, container_id: &str, cmd: &[&str]) -> Result<(i32, String, String)> {
+        let request = v1::ExecSyncRequest {
+            container_id: container_id.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 10,
+        };
+        let out = self.runtime.exec_sync(request).await?.into_inner();
+        Ok((
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// StopPodSandbox + RemovePodSandbox.
+    pub async fn remove_pod(&mut self, pod_id: &str) -> Result<()> {
+        self.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: pod_id.to_owned() }).await?;
+        self.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: pod_id.to_owned() }).await?;
+        Ok(())
+    }
+
     /// Stops and removes every pod carrying [`E2E_LABEL`].
     pub async fn sweep_test_pods(&mut self) -> Result<()> {
         let filter = v1::PodSandboxFilter {

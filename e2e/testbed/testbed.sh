@@ -114,7 +114,7 @@ RUST_BUILD_PACKAGES="protobuf-compiler gcc libc6-dev"
 PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
   docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch prometheus
   util-linux xz-utils gcc make pkg-config
-  systemd shellcheck
+  systemd shellcheck python3-venv
   debootstrap $CRIU_BUILD_PACKAGES $CRIU_RUNTIME_PACKAGES $RUST_BUILD_PACKAGES"
 
 # Commands the scripts and tests run on the host, checked by verify-packages to
@@ -1169,6 +1169,7 @@ write_env_file() {
     "CNI_CONF_DIR=$CNI_CONF_DIR" \
     "CNI_BRIDGE=$CNI_BRIDGE" \
     "CNI_SUBNET=$CNI_SUBNET" \
+    "GRPC_PYTHON=$GRPC_PYTHON_VENV/bin/python" \
     "TESTBED_SCRIPT=$SELF" \
     "TESTBED_LOG_DIR=$LOG_DIR"; do
     case "${kv#*=}" in
@@ -1177,6 +1178,26 @@ write_env_file() {
     echo "$kv" >>"$tmp"
   done
   mv "$tmp" "$ENV_FILE"
+}
+
+# Python grpcio (gRPC's C core): a second, independent gRPC client stack for
+# e2e/tests/grpc_python.rs, in a venv reused while the pins match.
+GRPC_PYTHON_VENV=$OPT_DIR/grpc-python
+GRPC_PYTHON_PINS="grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2"
+ensure_python_grpc() {
+  local stamp=$GRPC_PYTHON_VENV/lazarus-pins
+  if [ -x "$GRPC_PYTHON_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$GRPC_PYTHON_PINS" ]; then
+    log "python grpcio: $GRPC_PYTHON_VENV ($GRPC_PYTHON_PINS)"
+    return 0
+  fi
+  log "python grpcio: installing $GRPC_PYTHON_PINS into $GRPC_PYTHON_VENV"
+  rm -rf "$GRPC_PYTHON_VENV"
+  python3 -m venv "$GRPC_PYTHON_VENV" || die "python3 -m venv $GRPC_PYTHON_VENV failed"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$GRPC_PYTHON_VENV/bin/pip" install --no-input --disable-pip-version-check --quiet $GRPC_PYTHON_PINS \
+    || die "pip install $GRPC_PYTHON_PINS failed"
+  "$GRPC_PYTHON_VENV/bin/python" -c 'import grpc, grpc_tools.protoc' || die "python grpcio does not import"
+  echo "$GRPC_PYTHON_PINS" >"$stamp"
 }
 
 # --- Subcommands ---------------------------------------------------------------
@@ -1201,6 +1222,7 @@ cmd_up() {
   ensure_containerd
   ensure_registry
   build_and_publish_images
+  ensure_python_grpc
   write_wrappers
   write_env_file
   log "up: containerd $FLAVOR ready in $(($(date +%s) - start))s; env file $ENV_FILE"

@@ -388,10 +388,11 @@ fn remove_verify_stubs(root: &Path) -> Result<()> {
 /// and has the `lazarus` handler with the runc handler's options.
 fn containerd_dump_v2(config: &Path) -> Result<()> {
     let containerd = Path::new("/usr/bin/containerd");
-    if !containerd.exists() {
-        println!("skipped: containerd 1.6 config dump (no /usr/bin/containerd; e2e/testbed/testbed.sh up installs it)");
-        return Ok(());
-    }
+    // The test bed provides it: missing is a failure with the fix, not a silent pass.
+    ensure!(
+        containerd.exists(),
+        "no /usr/bin/containerd for the containerd 1.6 config dump; e2e/testbed/testbed.sh up installs it"
+    );
     let dump = containerd_dump(containerd, config)?;
     let lazarus = table(&dump, r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lazarus.options]"#)?;
     ensure!(lazarus.contains(r#"BinaryName = "/usr/local/bin/lazarus-runc""#), "{lazarus}");
@@ -445,24 +446,22 @@ imports = ["/etc/containerd/conf.d/*.toml"]
     ensure!(install_sh(&root, &bins, &["--no-start", "--no-kubelet"])?.contains("nothing changed"));
 
     let containerd21 = Path::new("/opt/lazarus-testbed/containerd-2.1/usr/bin/containerd");
-    if containerd21.exists() {
-        // The same main config, importing the drop-in from the temporary root.
-        let dump_config = work.path().join("containerd-dump.toml");
-        std::fs::write(
-            &dump_config,
-            main.replace("/etc/containerd/conf.d", &root.join("etc/containerd/conf.d").to_string_lossy()),
-        )?;
-        let dump = containerd_dump(containerd21, &dump_config)?;
-        let lazarus = table(&dump, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.lazarus.options]")?;
-        ensure!(lazarus.contains("BinaryName = '/usr/local/bin/lazarus-runc'"), "{lazarus}");
-        ensure!(lazarus.contains("SystemdCgroup = false"), "{lazarus}");
-        table(&dump, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]")?;
-    } else {
-        println!(
-            "skipped: containerd 2.1 config dump ({} absent; testbed.sh up --containerd 2.1 unpacks it)",
-            containerd21.display()
-        );
-    }
+    ensure!(
+        containerd21.exists(),
+        "{} absent for the containerd 2.1 config dump; e2e/testbed/testbed.sh up --containerd 2.1 unpacks it (once, kept)",
+        containerd21.display()
+    );
+    // The same main config, importing the drop-in from the temporary root.
+    let dump_config = work.path().join("containerd-dump.toml");
+    std::fs::write(
+        &dump_config,
+        main.replace("/etc/containerd/conf.d", &root.join("etc/containerd/conf.d").to_string_lossy()),
+    )?;
+    let dump = containerd_dump(containerd21, &dump_config)?;
+    let lazarus = table(&dump, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.lazarus.options]")?;
+    ensure!(lazarus.contains("BinaryName = '/usr/local/bin/lazarus-runc'"), "{lazarus}");
+    ensure!(lazarus.contains("SystemdCgroup = false"), "{lazarus}");
+    table(&dump, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]")?;
 
     let out = install_sh(&root, &bins, &["--no-start", "--uninstall"])?;
     ensure!(!dropin.exists(), "{out}");
@@ -509,11 +508,10 @@ fn kind_script_skips_cleanly_without_docker_or_kind() -> Result<()> {
 
 #[test]
 fn node_scripts_pass_shellcheck() -> Result<()> {
-    // The test bed installs it (PACKAGES in testbed.sh): missing is a failure, not a skip.
-    Command::new("shellcheck")
-        .arg("--version")
-        .output()
-        .context("shellcheck is not installed (Debian package shellcheck; testbed.sh up installs it)")?;
+    ensure!(
+        Command::new("shellcheck").arg("--version").output().is_ok(),
+        "shellcheck is not installed (Debian package shellcheck; e2e/testbed/testbed.sh up installs it)"
+    );
     let repo = repo_root();
     let output = Command::new("shellcheck")
         .current_dir(&repo)

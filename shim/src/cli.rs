@@ -239,7 +239,8 @@ async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String
         }
     };
     let engine = checkpointer(config)?;
-    let request = CheckpointRequest { keep: args.keep, repository, trigger: crate::metrics::Trigger::Manual };
+    let request =
+        CheckpointRequest { keep: args.keep, repository, trigger: crate::metrics::Trigger::Manual, thawed: None };
     let checkpoint = engine.checkpoint_with(&args.container, request).await.map_err(|e| e.to_string())?;
     println!("{}", checkpoint.reference);
     if let Some(pushed) = &checkpoint.pushed {

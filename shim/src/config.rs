@@ -96,7 +96,7 @@ pub struct FileConfig {
     /// PEM files with CA certificates trusted for registries besides the system's.
     pub registry_ca_files: Option<Vec<PathBuf>>,
     /// Where restore plans are unpacked; the `lazarus-runc` wrapper must use the same
-    /// (`LAZARUS_RESTORE_DIR`). Default `/var/lib/lazarus/restore`.
+    /// (`LAZARUS_RESTORE_DIR`). Default `<state_dir>/restore` (`/var/lib/lazarus/restore`).
     pub restore_dir: Option<PathBuf>,
     /// containerd runtime handler whose `BinaryName` is `lazarus-runc` (default `lazarus`).
     pub restore_runtime_handler: Option<String>,
@@ -225,7 +225,12 @@ impl Config {
             None => None,
             Some(text) => Some(parse_size(text).map_err(|reason| invalid("store_max_size", text, reason))?),
         };
-        let restore_dir = absolute_dir("restore_dir", file.restore_dir, crate::restore::plan::DEFAULT_RESTORE_DIR)?;
+        // Below the state dir by default: the wrapper's default when state_dir is the default,
+        // and a test's temporary state dir keeps its restore plans too.
+        let restore_dir = match file.restore_dir {
+            None => state_dir.join("restore"),
+            given => absolute_dir("restore_dir", given, crate::restore::plan::DEFAULT_RESTORE_DIR)?,
+        };
         let restore_runtime_handler = file.restore_runtime_handler.unwrap_or_else(|| DEFAULT_RESTORE_HANDLER.into());
         if restore_runtime_handler.is_empty()
             || !restore_runtime_handler
@@ -481,6 +486,7 @@ mod tests {
         assert_eq!(c.listen, Path::new("/run/flag.sock"));
         assert_eq!(c.upstream, "unix:///run/b.sock");
         assert_eq!(c.state_dir, Path::new("/srv/state"));
+        assert_eq!(c.restore_dir, Path::new("/srv/state/restore"), "restore_dir follows state_dir");
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
     }

@@ -11,6 +11,12 @@ use prost::Message;
 pub const K8S_NAMESPACE: &str = "k8s.io";
 /// gRPC path of `Tasks.Checkpoint`.
 pub const TASKS_CHECKPOINT: &str = "/containerd.services.tasks.v1.Tasks/Checkpoint";
+/// gRPC path of `Tasks.Pause` (the runtime freezes the container's cgroup).
+pub const TASKS_PAUSE: &str = "/containerd.services.tasks.v1.Tasks/Pause";
+/// gRPC path of `Tasks.Resume` (thaws it).
+pub const TASKS_RESUME: &str = "/containerd.services.tasks.v1.Tasks/Resume";
+/// gRPC path of `Tasks.Get` (a task's state).
+pub const TASKS_GET: &str = "/containerd.services.tasks.v1.Tasks/Get";
 /// Type URL under which the runc shim reads checkpoint options. containerd
 /// registers it by its bare name (no `type.googleapis.com/` prefix).
 pub const RUNC_CHECKPOINT_OPTIONS: &str = "containerd.runc.v1.CheckpointOptions";
@@ -39,6 +45,42 @@ pub struct CheckpointTaskRequest {
     #[prost(message, optional, tag = "3")]
     pub options: Option<Any>,
 }
+
+/// `containerd.services.tasks.v1.PauseTaskRequest` and `ResumeTaskRequest`
+/// (the same one field).
+#[derive(Clone, PartialEq, Message)]
+pub struct TaskRequest {
+    /// The container (= task) id.
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+}
+
+/// `containerd.services.tasks.v1.GetResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct GetTaskResponse {
+    /// The task's init process.
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<Process>,
+}
+
+/// The part of `containerd.v1.types.Process` lazarus reads.
+#[derive(Clone, PartialEq, Message)]
+pub struct Process {
+    /// `containerd.v1.types.Status`: 2 running, 3 stopped, 4 paused, 5 pausing.
+    #[prost(int32, tag = "4")]
+    pub status: i32,
+}
+
+impl Process {
+    /// `Status.PAUSED`.
+    pub const PAUSED: i32 = 4;
+    /// `Status.PAUSING`.
+    pub const PAUSING: i32 = 5;
+}
+
+/// `google.protobuf.Empty`, the answer of `Pause` and `Resume`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Empty {}
 
 /// `containerd.types.Descriptor`.
 #[derive(Clone, PartialEq, Message)]

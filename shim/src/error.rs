@@ -16,6 +16,16 @@ pub enum ProxyError {
         /// The transport error, with its causes.
         reason: String,
     },
+    /// The upstream reset the call's stream (RST_STREAM) before answering,
+    /// e.g. containerd 2.1 when the call's `grpc-timeout` expires. The
+    /// client's stream is reset with the same code.
+    #[error("upstream {upstream} reset the stream: {reason:?}")]
+    UpstreamReset {
+        /// The upstream endpoint.
+        upstream: Arc<str>,
+        /// The RST_STREAM error code.
+        reason: h2::Reason,
+    },
     /// The client's request body could not be read.
     #[error("reading the {method} request: {reason}")]
     RequestBody {
@@ -25,12 +35,13 @@ pub enum ProxyError {
         reason: String,
     },
     /// A message is larger than kubelet's limit.
-    #[error("{method}: message of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error("{method}: {}", too_large(*size, *limit))]
     MessageTooLarge {
         /// The gRPC method path.
         method: String,
-        /// Size announced in the gRPC frame.
-        size: usize,
+        /// Size announced in the gRPC frame; `None` when the body was cut off at the
+        /// limit before a frame header told it.
+        size: Option<usize>,
         /// The limit.
         limit: usize,
     },
@@ -64,11 +75,19 @@ pub enum ProxyError {
     },
 }
 
+fn too_large(size: Option<usize>, limit: usize) -> String {
+    match size {
+        Some(size) => format!("message of {size} bytes exceeds the limit of {limit} bytes"),
+        None => format!("message over the limit of {limit} bytes (not read further)"),
+    }
+}
+
 impl ProxyError {
     /// The gRPC code this error is reported with.
     pub fn code(&self) -> Code {
         match self {
             ProxyError::UpstreamUnavailable { .. } => Code::Unavailable,
+            ProxyError::UpstreamReset { reason, .. } => crate::upstream::code_for_reset(*reason),
             ProxyError::RequestBody { .. } => Code::Cancelled,
             ProxyError::MessageTooLarge { .. } => Code::ResourceExhausted,
             ProxyError::MalformedFrame { .. } => Code::Internal,
@@ -81,6 +100,30 @@ impl ProxyError {
 impl From<ProxyError> for Status {
     fn from(err: ProxyError) -> Self {
         Status::new(err.code(), format!("lazarus: {err}"))
+    }
+}
+
+/// The gRPC code for a registry error, the one mapping (restores use it through
+/// `FetchError::code`): only what a retry can fix is `UNAVAILABLE`; a wrong tag is
+/// `NOT_FOUND`, refused credentials `PERMISSION_DENIED`.
+pub fn registry_code(err: &crate::registry::RegistryError) -> Code {
+    use crate::registry::RegistryError as E;
+    match err {
+        E::NotFound { .. } => Code::NotFound,
+        E::Auth { .. } => Code::PermissionDenied,
+        E::Transport { .. } | E::Timeout { .. } => Code::Unavailable,
+        E::Status { status, .. } => match status {
+            401 | 403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            408 | 429 | 500..=599 => Code::Unavailable,
+            _ => Code::Internal,
+        },
+        E::Reference(_) => Code::InvalidArgument,
+        E::Integrity { .. } => Code::DataLoss,
+        E::Credentials(_) | E::Tls { .. } | E::InsecureUrl { .. } | E::DeleteUnsupported { .. } => {
+            Code::FailedPrecondition
+        }
+        E::Protocol { .. } | E::Io { .. } => Code::Internal,
     }
 }
 
@@ -112,6 +155,14 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("unix:///run/containerd/containerd.sock"));
         assert!(status.message().contains("connection refused"));
+    }
+
+    #[test]
+    fn too_large_reports_the_real_size_or_says_over_the_limit() {
+        let err = |size| ProxyError::MessageTooLarge { method: "/m".into(), size, limit: 16 };
+        assert_eq!(err(Some(20)).to_string(), "/m: message of 20 bytes exceeds the limit of 16 bytes");
+        assert_eq!(err(None).to_string(), "/m: message over the limit of 16 bytes (not read further)");
+        assert_eq!(err(None).code(), Code::ResourceExhausted);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use lazarus_proto::v1;
 use prost::Message;
@@ -202,9 +202,13 @@ impl<M: Message + Default> UnaryCall<M> {
         let method = self.parts.uri.path().to_owned();
         let response = upstream.forward(self.parts, self.raw).await?;
         let (parts, body) = response.into_parts();
-        let collected = body.collect().await.map_err(|status| ProxyError::UpstreamUnavailable {
-            upstream: upstream.name().into(),
-            reason: status.message().to_owned(),
+        let collected = body.collect().await.map_err(|status| match crate::upstream::reset_reason(&status) {
+            // Reset mid-response: the client gets the same reset (and no headers: they were buffered).
+            Some(reason) => ProxyError::UpstreamReset { upstream: upstream.name().into(), reason },
+            None => ProxyError::UpstreamUnavailable {
+                upstream: upstream.name().into(),
+                reason: status.message().to_owned(),
+            },
         })?;
         let trailers = collected.trailers().cloned();
         let raw = collected.to_bytes();
@@ -247,11 +251,8 @@ where
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ProxyError::MessageTooLarge {
-                    method: method.to_owned(),
-                    size: MAX_MESSAGE_SIZE + 1,
-                    limit: MAX_MESSAGE_SIZE,
-                }
+                // Cut off at the limit: the real size is not known.
+                ProxyError::MessageTooLarge { method: method.to_owned(), size: None, limit: MAX_MESSAGE_SIZE }
             } else {
                 ProxyError::RequestBody { method: method.to_owned(), reason: chain(&*e) }
             }
@@ -298,7 +299,7 @@ fn decode<M: Message + Default>(method: &str, what: &'static str, raw: &Bytes) -
             Ok(None)
         }
         Err(FrameError::TooLarge(size)) => {
-            Err(ProxyError::MessageTooLarge { method: method.to_owned(), size, limit: MAX_MESSAGE_SIZE })
+            Err(ProxyError::MessageTooLarge { method: method.to_owned(), size: Some(size), limit: MAX_MESSAGE_SIZE })
         }
         Err(e) => Err(ProxyError::MalformedFrame { method: method.to_owned(), reason: e.reason() }),
     }
@@ -321,13 +322,13 @@ impl http_body::Body for Buffered {
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
+    /// True for a Trailers-Only answer (no data, no trailers: the status is
+    /// in the headers), so it leaves lazarus as one HEADERS frame.
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
+    // No exact size hint: hyper would add a `content-length` the upstream did not send.
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod runc_wrapper;
 pub mod sd_notify;
 pub mod server;
 pub mod store;
+pub mod timefmt;
 pub mod upstream;
 pub mod version;
 

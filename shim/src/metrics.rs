@@ -213,7 +213,7 @@ impl Metrics {
         let checkpoint_frozen = Histogram::new(FROZEN_BUCKETS);
         registry.register_with_unit(
             "lazarus_checkpoint_frozen",
-            "How long CRIU kept the container frozen, from its dump statistics",
+            "How long the container was frozen for the cut: dump and writable layer",
             Unit::Seconds,
             checkpoint_frozen.clone(),
         );
@@ -843,7 +843,7 @@ mod tests {
                 .uri(path)
                 .body(http_body_util::Full::new(crate::grpc_frame::encode(&[])))
                 .expect("request");
-            let response = proxy.handle(request).await;
+            let response = proxy.handle(request).await.expect("a status, not a reset");
             assert_eq!(status_code_name(response.headers()), Some("UNAVAILABLE"));
         }
         assert_eq!(count(&m, "ListContainers", "UNAVAILABLE"), Some(1.0));

@@ -1,6 +1,5 @@
 //! Serving the CRI on the unix socket, and shutting down gracefully.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -96,6 +95,15 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
         let restorer = restorer.clone();
         async move { restorer.sweep_stale_plans().await }
     });
+    tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let thawed = engine.thaw_abandoned().await;
+            if thawed > 0 {
+                tracing::warn!(thawed, "thawed containers that interrupted checkpoints had left frozen");
+            }
+        }
+    });
     let scheduler = tokio::spawn(crate::checkpoint::schedule::Scheduler::new(engine.clone()).run());
     let mut background = Vec::new();
     if let (Some(socket), Some(address)) = (metrics_socket, config.metrics_listen) {
@@ -166,7 +174,8 @@ pub async fn run(socket: UnixListener, proxy: Proxy, shutdown: impl Future<Outpu
                     let proxy = proxy.clone();
                     let service = hyper::service::service_fn(move |request| {
                         let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                        // An Err resets the client's stream with the upstream's code.
+                        async move { proxy.handle(request).await }
                     });
                     let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {

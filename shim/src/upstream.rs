@@ -19,8 +19,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::RecvStream;
 use h2::client::SendRequest;
+use h2::{Reason, RecvStream};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body::{Body as HttpBody, Frame};
 use tonic::Status;
@@ -161,9 +161,16 @@ impl Upstream {
     }
 
     /// Sends one unary gRPC request (`head` and the whole `body`) upstream,
-    /// bytes untouched, and returns the response as it streams back. A
-    /// transport failure becomes [`ProxyError::UpstreamUnavailable`]; one
-    /// while the response streams ends it with an `UNAVAILABLE` status.
+    /// bytes untouched, and returns the response as it streams back, frame
+    /// for frame as the upstream sends it (a Trailers-Only answer stays one
+    /// HEADERS frame). A transport failure becomes
+    /// [`ProxyError::UpstreamUnavailable`] (one while the response streams
+    /// ends it with an `UNAVAILABLE` status); a stream the upstream resets
+    /// becomes [`ProxyError::UpstreamReset`] (mid-response: the body ends
+    /// with an error carrying the same reset, see [`reset_reason`]). A request
+    /// the upstream never processed is sent once more: on a new connection
+    /// when the old one was going away (GOAWAY) or gone before it was sent,
+    /// on the same one when the stream was refused (REFUSED_STREAM).
     pub async fn forward(&self, head: http::request::Parts, body: Bytes) -> Result<http::Response<Body>, ProxyError> {
         let mut request = http::Request::from_parts(head, ());
         let mut uri = std::mem::take(request.uri_mut()).into_parts();
@@ -175,24 +182,97 @@ impl Upstream {
         *request.uri_mut() = http::Uri::from_parts(uri).map_err(|e| self.unavailable(chain(&e)))?;
         *request.version_mut() = http::Version::HTTP_2;
 
-        let connection = self.connection().await?;
-        let lost = |e: h2::Error| {
+        let mut retried = false;
+        loop {
+            match self.send(request.clone(), body.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(Attempt::NotProcessed(e)) if !retried => {
+                    tracing::debug!(
+                        upstream = %self.inner.name,
+                        method = request.uri().path(),
+                        error = %chain(&e),
+                        "upstream did not take the request; sending it on a new connection"
+                    );
+                    retried = true;
+                }
+                Err(Attempt::NotProcessed(e) | Attempt::Lost(e)) => return Err(self.unavailable(chain(&e))),
+                Err(Attempt::Reset(reason)) => {
+                    return Err(ProxyError::UpstreamReset { upstream: self.inner.name.clone(), reason });
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of [`Upstream::forward`].
+    async fn send(&self, request: http::Request<()>, body: Bytes) -> Result<http::Response<Body>, Attempt> {
+        let connection = self.connection().await.map_err(Attempt::Failed)?;
+        let closed = |e: &h2::Error| {
             if e.is_io() || e.is_go_away() {
                 connection.closed.store(true, Ordering::Release);
             }
-            self.unavailable(chain(&e))
         };
-        let mut sender = connection.sender.clone().ready().await.map_err(lost)?;
+        // Not sent at all (the connection is going away or gone): safe to send again.
+        let not_sent = |e: h2::Error| {
+            closed(&e);
+            Attempt::NotProcessed(e)
+        };
+        let mut sender = connection.sender.clone().ready().await.map_err(not_sent)?;
         let end_of_stream = body.is_empty();
-        let (response, mut stream) = sender.send_request(request, end_of_stream).map_err(lost)?;
+        let (response, mut stream) = sender.send_request(request, end_of_stream).map_err(not_sent)?;
         if !end_of_stream {
             // Queued with the headers: both go out in the connection's next write.
-            stream.send_data(body, true).map_err(lost)?;
+            stream.send_data(body, true).map_err(|e| {
+                closed(&e);
+                Attempt::Lost(e)
+            })?;
         }
-        let response = response.await.map_err(lost)?;
+        let response = response.await.map_err(|e| {
+            closed(&e);
+            match e.reason() {
+                // Beyond the GOAWAY's last stream id, or refused: never processed.
+                Some(Reason::REFUSED_STREAM) if e.is_remote() => Attempt::NotProcessed(e),
+                Some(_) if e.is_go_away() && e.is_remote() => Attempt::NotProcessed(e),
+                Some(reason) if e.is_reset() && e.is_remote() => Attempt::Reset(reason),
+                _ => Attempt::Lost(e),
+            }
+        })?;
         let upstream = self.inner.name.clone();
+        // A body that is over already (Trailers-Only) reports it, so the
+        // answer leaves lazarus as one HEADERS frame with END_STREAM.
         Ok(response.map(|recv| Body::new(UpstreamBody { recv, upstream, state: BodyState::Data })))
     }
+}
+
+/// How one attempt to send a request upstream failed.
+enum Attempt {
+    /// Not processed by the upstream (not sent, GOAWAY, REFUSED_STREAM): safe to send again.
+    NotProcessed(h2::Error),
+    /// The connection failed with the request possibly processed.
+    Lost(h2::Error),
+    /// The upstream reset the stream with this code.
+    Reset(Reason),
+    /// No connection.
+    Failed(ProxyError),
+}
+
+/// The code a gRPC client derives from an HTTP/2 RST_STREAM (gRPC's
+/// PROTOCOL-HTTP2 error table).
+pub fn code_for_reset(reason: Reason) -> tonic::Code {
+    match reason {
+        Reason::REFUSED_STREAM => tonic::Code::Unavailable,
+        Reason::CANCEL => tonic::Code::Cancelled,
+        Reason::ENHANCE_YOUR_CALM => tonic::Code::ResourceExhausted,
+        Reason::INADEQUATE_SECURITY => tonic::Code::PermissionDenied,
+        _ => tonic::Code::Internal,
+    }
+}
+
+/// The upstream's RST_STREAM code carried by a response body's error: the
+/// body ends with it when the upstream resets a stream mid-response, and
+/// lazarus resets the client's stream with the same code.
+pub fn reset_reason(status: &Status) -> Option<Reason> {
+    std::error::Error::source(status)?.downcast_ref::<h2::Error>()?.reason()
 }
 
 impl Upstream {
@@ -256,11 +336,22 @@ struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn lost(&mut self, e: &h2::Error) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    /// Ends the body after a receive error: a reset by the upstream is passed
+    /// on as the same reset; anything else ends the call with `UNAVAILABLE`
+    /// in trailers.
+    fn lost(&mut self, e: h2::Error) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.state = BodyState::Done;
+        if let (Some(reason), true, true) = (e.reason(), e.is_reset(), e.is_remote()) {
+            let mut status = Status::new(
+                code_for_reset(reason),
+                format!("lazarus: upstream {} reset the stream mid-response: {reason:?}", self.upstream),
+            );
+            status.set_source(Arc::new(e));
+            return Poll::Ready(Some(Err(status)));
+        }
         let status = Status::from(ProxyError::UpstreamUnavailable {
             upstream: self.upstream.clone(),
-            reason: format!("connection lost mid-call: {}", chain(e)),
+            reason: format!("connection lost mid-call: {}", chain(&e)),
         });
         let mut trailers = http::HeaderMap::new();
         Poll::Ready(Some(status.add_header(&mut trailers).map(|()| Frame::trailers(trailers))))
@@ -279,7 +370,7 @@ impl HttpBody for UpstreamBody {
                         let _ = self.recv.flow_control().release_capacity(data.len());
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    Poll::Ready(Some(Err(e))) => return self.lost(&e),
+                    Poll::Ready(Some(Err(e))) => return self.lost(e),
                     Poll::Ready(None) => self.state = BodyState::Trailers,
                     Poll::Pending => return Poll::Pending,
                 },
@@ -289,7 +380,7 @@ impl HttpBody for UpstreamBody {
                             self.state = BodyState::Done;
                             Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                         }
-                        Poll::Ready(Err(e)) => self.lost(&e),
+                        Poll::Ready(Err(e)) => self.lost(e),
                         Poll::Pending => Poll::Pending,
                     };
                 }
@@ -299,6 +390,12 @@ impl HttpBody for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == BodyState::Done
+        // In `Data` with the receive half closed and nothing buffered (no
+        // data, no trailers): a Trailers-Only answer, or one fully read.
+        match self.state {
+            BodyState::Data => self.recv.is_end_stream(),
+            BodyState::Trailers => false,
+            BodyState::Done => true,
+        }
     }
 }

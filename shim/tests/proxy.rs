@@ -30,6 +30,10 @@ struct FakeUpstream {
     release: Arc<Notify>,
     /// Notified: drop every open connection.
     kill: Arc<Notify>,
+    /// Notified by the upstream when a `/Slow` call has arrived.
+    slow_arrived: Arc<Notify>,
+    /// Notified: answer the held `/Slow` call.
+    slow_finish: Arc<Notify>,
 }
 
 impl FakeUpstream {
@@ -38,14 +42,17 @@ impl FakeUpstream {
         let listener = tokio::net::UnixListener::bind(path).expect("bind fake upstream");
         let release = Arc::new(Notify::new());
         let kill = Arc::new(Notify::new());
-        let (release2, kill2) = (release.clone(), kill.clone());
+        let slow = Slow { arrived: Arc::new(Notify::new()), finish: Arc::new(Notify::new()) };
+        let (release2, kill2, slow2) = (release.clone(), kill.clone(), slow.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let release = release2.clone();
                 let kill = kill2.clone();
+                let slow = slow2.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| fake_handler(req, release.clone()));
+                    let service =
+                        hyper::service::service_fn(move |req| fake_handler(req, release.clone(), slow.clone()));
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
@@ -55,7 +62,7 @@ impl FakeUpstream {
                 });
             }
         });
-        FakeUpstream { task, release, kill }
+        FakeUpstream { task, release, kill, slow_arrived: slow.arrived, slow_finish: slow.finish }
     }
 
     fn stop(self, path: &Path) {
@@ -67,9 +74,17 @@ impl FakeUpstream {
 
 type FakeBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// A `/Slow` call says it arrived and is answered when told.
+#[derive(Clone)]
+struct Slow {
+    arrived: Arc<Notify>,
+    finish: Arc<Notify>,
+}
+
 async fn fake_handler(
     req: http::Request<hyper::body::Incoming>,
     release: Arc<Notify>,
+    slow: Slow,
 ) -> Result<http::Response<FakeBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let meta = req.headers().get("x-meta").cloned();
@@ -87,7 +102,8 @@ async fn fake_handler(
         });
     } else {
         if path.ends_with("/Slow") {
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            slow.arrived.notify_one();
+            slow.finish.notified().await;
         }
         let _ = tx.send(Ok(Frame::data(body))).await;
         let _ = tx.send(Ok(Frame::trailers(trailers))).await;
@@ -111,7 +127,11 @@ impl RunningProxy {
     async fn start(dir: &Path, upstream: &Path) -> RunningProxy {
         let listen = dir.join("lazarus/cri.sock");
         let config = Config::resolve(
-            FileConfig { shutdown_timeout: Some("5s".into()), ..FileConfig::default() },
+            FileConfig {
+                shutdown_timeout: Some("5s".into()),
+                // Temporary paths only: restore_dir defaults to <state_dir>/restore.
+                ..FileConfig::default()
+            },
             Overrides {
                 listen: Some(listen.clone()),
                 upstream: Some(format!("unix://{}", upstream.display())),
@@ -143,10 +163,15 @@ impl RunningProxy {
         Endpoint::from_shared(format!("unix://{}", self.listen.display())).expect("endpoint").connect_lazy()
     }
 
-    async fn shutdown(mut self) {
+    /// Tells the proxy to stop; it stops accepting at once and drains open calls.
+    fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    async fn shutdown(mut self) {
+        self.begin_shutdown();
         tokio::time::timeout(Duration::from_secs(10), &mut self.task)
             .await
             .expect("proxy stops within its grace period")
@@ -327,6 +352,7 @@ async fn intercepted_messages_over_16_mib_are_resource_exhausted() {
         lazarus_proto::v1::VersionRequest { version: "x".repeat(grpc_frame::MAX_MESSAGE_SIZE + 10) }.encode_to_vec();
     let status = call(&proxy.client(), "/runtime.v1.RuntimeService/Version", grpc_frame::encode(&big)).await.status();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("over the limit of 16777216 bytes"), "{status:?}");
     // Just under the limit is fine.
     let fits =
         lazarus_proto::v1::VersionRequest { version: "x".repeat(grpc_frame::MAX_MESSAGE_SIZE - 16) }.encode_to_vec();
@@ -351,9 +377,20 @@ async fn shutdown_lets_open_calls_finish_and_removes_the_socket() {
         let body = body.clone();
         async move { call(&client, "/runtime.v1.RuntimeService/Slow", body).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The call is open at the upstream; then the proxy is told to stop.
+    tokio::time::timeout(CALL_TIMEOUT, upstream.slow_arrived.notified()).await.expect("the call reached the upstream");
+    let mut proxy = proxy;
+    proxy.begin_shutdown();
+    // Shutting down: the socket no longer accepts connections, the open call is still waiting.
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&listen).is_ok() {
+        assert!(start.elapsed() < CALL_TIMEOUT, "the proxy kept accepting after it was told to stop");
+        tokio::task::yield_now().await;
+    }
+    assert!(!in_flight.is_finished(), "the upstream has not answered yet");
+    upstream.slow_finish.notify_one();
+    let reply = tokio::time::timeout(CALL_TIMEOUT, in_flight).await.expect("answered").expect("in-flight call");
     proxy.shutdown().await;
-    let reply = in_flight.await.expect("in-flight call");
     assert_eq!(reply.status().code(), Code::Ok, "the open call completed");
     assert_eq!(reply.data, body);
     assert!(!listen.exists(), "socket removed on shutdown");

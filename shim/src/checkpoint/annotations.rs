@@ -51,6 +51,10 @@ pub const LAZARUS_KERNEL: &str = "lazarus.dev/host-kernel";
 pub const LAZARUS_POD_UID: &str = "lazarus.dev/pod-uid";
 /// Container id at checkpoint time.
 pub const LAZARUS_CONTAINER_ID: &str = "lazarus.dev/container-id";
+/// How long the container was frozen for the cut (dump and writable layer), in ms.
+pub const LAZARUS_FROZEN_TIME_MS: &str = "lazarus.dev/frozen-time-ms";
+/// What took the checkpoint: `manual`, `periodic` or `stop`.
+pub const LAZARUS_TRIGGER: &str = "lazarus.dev/trigger";
 
 /// Media type of the layer holding the checkpoint tree.
 pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";

@@ -1,11 +1,13 @@
 //! Taking one checkpoint of a running container.
 //!
 //! 1. find the container and its pod through the CRI (same socket);
-//! 2. CRIU dump through containerd's task API (`Tasks.Checkpoint`, runc
-//!    `CheckpointOptions{exit: false, open_tcp, file_locks, image_path,
-//!    work_path}`), which works on containerd 1.6, 1.7 and 2.x — the container
-//!    is frozen only for CRIU's own dump and keeps running;
-//! 3. the writable layer's changes, spec, CRI status and metadata;
+//! 2. the cut, one instant ([`super::freeze`]): the container is paused
+//!    (`Tasks.Pause`), CRIU dumps it through containerd's task API
+//!    (`Tasks.Checkpoint`, runc `CheckpointOptions{exit: false, open_tcp,
+//!    file_locks, image_path, work_path}`, which works on containerd 1.6, 1.7
+//!    and 2.x) and leaves it frozen, the writable layer's changes are
+//!    captured, and only then is it resumed (`Tasks.Resume`);
+//! 3. spec, CRI status and metadata, while it runs again;
 //! 4. packaged as an OCI image (after the container runs again) and
 //!    committed to the node-local store, then retention;
 //! 5. if the pod names a repository (or the caller does), pushed to that
@@ -22,8 +24,10 @@ use serde_json::json;
 use tonic::Status;
 
 use super::annotations::{self as ann, files};
+use super::freeze::{self, FreezeError};
 use super::image::{self, PackageError};
 use super::locks::{self, LockError};
+use super::markers::Markers;
 use crate::containerd_api::{self, CheckpointOptions, CheckpointTaskRequest, CheckpointTaskResponse};
 use crate::metrics::{Metrics, Trigger};
 use crate::registry::{Reference, RegistryClient, RegistryError, RegistrySettings};
@@ -126,6 +130,19 @@ pub enum CheckpointError {
     /// Concurrency limits.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// Freezing or thawing the container around the cut.
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    /// kubelet has asked to stop the container: its checkpoint before the
+    /// stop is its last (a checkpoint taken while it shuts down would restore
+    /// a program into its own shutdown).
+    #[error(
+        "container {container_id} is being stopped (StopContainer received); its checkpoint before the stop is its last"
+    )]
+    Stopping {
+        /// The container.
+        container_id: String,
+    },
     /// Packaging the image.
     #[error("packaging the checkpoint of container {container_id}: {source}")]
     Package {
@@ -158,6 +175,9 @@ impl CheckpointError {
             CheckpointError::Io { .. } => "io",
             CheckpointError::Lock(LockError::Busy { .. }) => "busy",
             CheckpointError::Lock(_) => "lock",
+            CheckpointError::Freeze(FreezeError::Resume { .. }) => "thaw",
+            CheckpointError::Freeze(_) => "freeze",
+            CheckpointError::Stopping { .. } => "stopping",
             CheckpointError::Package { .. } => "package",
             CheckpointError::Store { .. } => "store",
         }
@@ -171,6 +191,7 @@ impl From<CheckpointError> for Status {
             CheckpointError::Ambiguous { .. } => tonic::Code::InvalidArgument,
             CheckpointError::NotRunning { .. } => tonic::Code::FailedPrecondition,
             CheckpointError::Lock(LockError::Busy { .. }) => tonic::Code::Aborted,
+            CheckpointError::Stopping { .. } => tonic::Code::FailedPrecondition,
             CheckpointError::Runtime { .. } => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         };
@@ -222,10 +243,13 @@ pub struct Checkpoint {
     pub tag: String,
     /// Compressed layer size.
     pub size: u64,
-    /// Wall time of the CRIU dump call (the container is frozen within it).
+    /// Wall time of the CRIU dump call.
     pub dump_time: Duration,
-    /// CRIU's own frozen time, from its statistics.
-    pub frozen_time: Option<Duration>,
+    /// How long the container was frozen: from `Tasks.Pause` to the end of
+    /// `Tasks.Resume`, dump and writable layer included.
+    pub frozen_time: Duration,
+    /// CRIU's own frozen time, from its statistics (within `frozen_time`).
+    pub criu_frozen_time: Option<Duration>,
     /// Wall time of the whole checkpoint, packaging included.
     pub total_time: Duration,
     /// Older checkpoints removed by retention.
@@ -239,7 +263,7 @@ pub struct Checkpoint {
 }
 
 /// What to do beyond the local checkpoint.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct CheckpointRequest {
     /// Checkpoints to keep for the container, locally and in the registry
     /// (`None`: the pod's `lazarus.dev/checkpoint-keep`, else 3).
@@ -249,6 +273,9 @@ pub struct CheckpointRequest {
     pub repository: Option<Reference>,
     /// What asked for it (the metrics' `trigger` label).
     pub trigger: Trigger,
+    /// Told (or dropped) once the container runs again after the cut, or
+    /// when the checkpoint ends without having frozen it.
+    pub thawed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The checkpoint engine. Cheap to clone.
@@ -273,31 +300,9 @@ struct Target {
     runtime_version: String,
 }
 
+/// Now as a `created` annotation and a time tag (formats in [`crate::timefmt`]).
 fn now_rfc3339() -> (String, String) {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let ms = now.subsec_millis();
-    (
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"),
-        format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}.{ms:03}Z"),
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::timefmt::created_and_tag(SystemTime::now())
 }
 
 const CONTAINER_STATUS: &str = "/runtime.v1.RuntimeService/ContainerStatus";
@@ -460,18 +465,27 @@ impl Checkpointer {
         let trigger = wanted.trigger;
         let result = self.take(container, wanted).await;
         match &result {
-            Ok(c) => self.metrics.checkpoint_succeeded(trigger, &c.key, c.total_time, c.frozen_time, c.size),
+            Ok(c) => self.metrics.checkpoint_succeeded(trigger, &c.key, c.total_time, Some(c.frozen_time), c.size),
             Err(e) => self.metrics.checkpoint_failed(trigger, e.reason()),
         }
         result
     }
 
     async fn take(&self, container: &str, wanted: CheckpointRequest) -> Result<Checkpoint, CheckpointError> {
-        let CheckpointRequest { keep, repository: requested_repository, trigger } = wanted;
+        let CheckpointRequest { keep, repository: requested_repository, trigger, thawed } = wanted;
         let started = Instant::now();
         let container_id = self.resolve(container).await?;
-        let permit =
-            locks::acquire(&self.config.run_dir.join("locks"), &container_id, self.config.max_concurrent).await?;
+        let lock_dir = self.config.run_dir.join("locks");
+        let permit = if trigger == Trigger::Stop {
+            locks::acquire_waiting(&lock_dir, &container_id, self.config.max_concurrent).await?
+        } else {
+            locks::acquire(&lock_dir, &container_id, self.config.max_concurrent).await?
+        };
+        // With the lock held, a marker is one an interrupted run left.
+        freeze::thaw_if_abandoned(&self.upstream, &self.frozen_markers(), &container_id).await?;
+        if trigger != Trigger::Stop && self.stopping_markers().exists(&container_id).await {
+            return Err(CheckpointError::Stopping { container_id });
+        }
         let target = self.inspect(&container_id).await?;
         let metadata = target.pod.metadata.clone().unwrap_or_default();
         let container_name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
@@ -491,53 +505,43 @@ impl Checkpointer {
             std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         }
 
-        // The dump: the only part during which the container is frozen.
-        let options = CheckpointOptions {
-            exit: false,
-            open_tcp: true,
-            file_locks: true,
-            image_path: images.display().to_string(),
-            work_path: work.display().to_string(),
-            ..Default::default()
+        // The cut: frozen from before the dump until the writable layer is
+        // captured. It runs as a task of its own, so a caller that stops
+        // waiting (the grace period of a stop) never leaves the container frozen.
+        let cut = {
+            let (this, target_id, images, work, tree) =
+                (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
+            let pid = target.pid;
+            tokio::spawn(async move {
+                let outcome = this.cut(&target_id, pid, &images, &work, &tree).await;
+                drop(thawed);
+                outcome
+            })
         };
-        let request = CheckpointTaskRequest {
-            container_id: container_id.clone(),
-            parent_checkpoint: String::new(),
-            options: Some(options.to_any()),
-        };
-        let dump_started = Instant::now();
-        let dumped: Result<CheckpointTaskResponse, Status> = self
-            .upstream
-            .unary(
-                containerd_api::TASKS_CHECKPOINT,
-                &request,
-                &[("containerd-namespace", containerd_api::K8S_NAMESPACE)],
-            )
-            .await;
-        let dump_time = dump_started.elapsed();
-        if let Err(status) = dumped {
-            let log = dump_log_excerpt(&work.join(files::DUMP_LOG));
-            return Err(CheckpointError::Criu {
-                container_id: container_id.clone(),
-                message: status.message().to_owned(),
-                log,
-            });
-        }
+        let cut = cut.await.map_err(|e| CheckpointError::Io {
+            action: "checkpointing",
+            path: staging.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let (dump_time, frozen_time) = (cut.dump_time, cut.frozen_time);
         // CRIU writes its statistics next to its log, in the work directory.
         let stats = std::fs::read(work.join(files::STATS_DUMP)).ok().and_then(|b| super::criu_stats::parse(&b));
-        let frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
+        let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
         tracing::info!(
             pod = %pod,
             container = %container_name,
             container_id = %container_id,
             dump_ms = dump_time.as_millis() as u64,
-            frozen_ms = frozen_time.map(|d| d.as_millis() as u64),
-            "CRIU dump done; container running again"
+            frozen_ms = frozen_time.as_millis() as u64,
+            criu_frozen_ms = criu_frozen_time.map(|d| d.as_millis() as u64),
+            "memory and writable layer captured; container running again"
         );
 
         // Everything else happens while the container runs.
-        self.write_side_files(&target, &tree, &work, &created).await?;
-        let annotations = self.annotations(&target, &container_name, stats.as_ref(), dump_time);
+        self.write_metadata_files(&target, &tree, &work, &created)?;
+        let mut annotations = self.annotations(&target, &container_name, stats.as_ref(), dump_time);
+        annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());
+        annotations.insert(ann::LAZARUS_TRIGGER.to_owned(), trigger.as_str().to_owned());
         let store = self.store.clone();
         let compression = self.config.compression;
         let (tree2, scratch, created2, annotations2) =
@@ -601,6 +605,7 @@ impl Checkpointer {
             size: packaged.layer_size,
             dump_time,
             frozen_time,
+            criu_frozen_time,
             total_time: started.elapsed(),
             pruned,
             pushed: None,
@@ -747,21 +752,94 @@ impl Checkpointer {
         Ok(removed.len())
     }
 
-    async fn write_side_files(
+    /// Markers of containers a checkpoint holds frozen.
+    fn frozen_markers(&self) -> Markers {
+        Markers::new(&self.config.run_dir, "frozen")
+    }
+
+    /// Markers of containers kubelet has asked to stop.
+    pub fn stopping_markers(&self) -> Markers {
+        Markers::new(&self.config.run_dir, "stopping")
+    }
+
+    /// Thaws the containers interrupted checkpoints left frozen (at start).
+    pub async fn thaw_abandoned(&self) -> usize {
+        freeze::thaw_abandoned(&self.upstream, &self.frozen_markers(), &self.config.run_dir.join("locks")).await
+    }
+
+    /// The cut: pause, dump, writable layer, resume — always resume, and
+    /// report the first failure.
+    async fn cut(&self, id: &str, pid: u32, images: &Path, work: &Path, tree: &Path) -> Result<Cut, CheckpointError> {
+        let markers = self.frozen_markers();
+        let frozen_at = Instant::now();
+        freeze::freeze(&self.upstream, &markers, id).await?;
+        let dump_started = Instant::now();
+        let captured = self.dump_and_capture(id, pid, images, work, tree).await;
+        let dump_time = dump_started.elapsed();
+        let thawed = freeze::thaw(&self.upstream, &markers, id).await;
+        let frozen_time = frozen_at.elapsed();
+        if let Err(e) = &thawed {
+            tracing::error!(container_id = id, error = %e, "the container could not be resumed after its checkpoint");
+        }
+        captured?;
+        thawed?;
+        Ok(Cut { dump_time, frozen_time })
+    }
+
+    /// CRIU's dump (the container stays frozen after it) and the writable layer.
+    async fn dump_and_capture(
         &self,
-        target: &Target,
-        tree: &Path,
+        id: &str,
+        pid: u32,
+        images: &Path,
         work: &Path,
-        created: &str,
+        tree: &Path,
     ) -> Result<(), CheckpointError> {
-        let id = &target.id;
-        let upper = rootfs_diff::overlay_upperdir(target.pid)
-            .map_err(|source| CheckpointError::Rootfs { container_id: id.clone(), source })?;
+        let options = CheckpointOptions {
+            exit: false,
+            open_tcp: true,
+            file_locks: true,
+            image_path: images.display().to_string(),
+            work_path: work.display().to_string(),
+            ..Default::default()
+        };
+        let request = CheckpointTaskRequest {
+            container_id: id.to_owned(),
+            parent_checkpoint: String::new(),
+            options: Some(options.to_any()),
+        };
+        let dumped: Result<CheckpointTaskResponse, Status> = self
+            .upstream
+            .unary(
+                containerd_api::TASKS_CHECKPOINT,
+                &request,
+                &[("containerd-namespace", containerd_api::K8S_NAMESPACE)],
+            )
+            .await;
+        if let Err(status) = dumped {
+            let log = dump_log_excerpt(&work.join(files::DUMP_LOG));
+            return Err(CheckpointError::Criu {
+                container_id: id.to_owned(),
+                message: status.message().to_owned(),
+                log,
+            });
+        }
+        self.capture_writable_layer(id, pid, tree).await
+    }
+
+    /// The writable layer's changes: `rootfs-diff.tar` and `deleted.files`.
+    async fn capture_writable_layer(&self, id: &str, pid: u32, tree: &Path) -> Result<(), CheckpointError> {
+        let upper = rootfs_diff::overlay_upperdir(pid)
+            .map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })?;
         let diff_path = tree.join(files::ROOTFS_DIFF);
-        let (diff_path2, id2) = (diff_path.clone(), id.clone());
-        let summary = tokio::task::spawn_blocking(move || {
+        let deleted_path = tree.join(files::DELETED_FILES);
+        let (diff_path2, id2) = (diff_path.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || {
             let file = std::fs::File::create(&diff_path2).map_err(io("creating", &diff_path2))?;
-            rootfs_diff::write_diff(&upper, std::io::BufWriter::new(file))
+            let summary = rootfs_diff::write_diff(&upper, std::io::BufWriter::new(file))
+                .map_err(|source| CheckpointError::Rootfs { container_id: id2.clone(), source })?;
+            let deleted = std::fs::File::create(&deleted_path).map_err(io("creating", &deleted_path))?;
+            rootfs_diff::write_deleted_files(&summary.deleted, deleted)
                 .map_err(|source| CheckpointError::Rootfs { container_id: id2, source })
         })
         .await
@@ -769,12 +847,18 @@ impl Checkpointer {
             action: "archiving",
             path: diff_path.clone(),
             source: std::io::Error::other(e.to_string()),
-        })??;
-        let deleted_path = tree.join(files::DELETED_FILES);
-        let deleted = std::fs::File::create(&deleted_path).map_err(io("creating", &deleted_path))?;
-        rootfs_diff::write_deleted_files(&summary.deleted, deleted)
-            .map_err(|source| CheckpointError::Rootfs { container_id: id.clone(), source })?;
+        })?
+    }
 
+    /// Spec, CRI status, metadata and CRIU's log, written while the container runs again.
+    fn write_metadata_files(
+        &self,
+        target: &Target,
+        tree: &Path,
+        work: &Path,
+        created: &str,
+    ) -> Result<(), CheckpointError> {
+        let id = &target.id;
         let metadata = target.pod.metadata.clone().unwrap_or_default();
         let name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let image = target.status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
@@ -785,7 +869,7 @@ impl Checkpointer {
             "rootfsImageRef": target.status.image_ref,
             "rootfsImageName": image,
             "runtime": "runc",
-            "createdTime": rfc3339_from_nanos(target.status.created_at),
+            "createdTime": crate::timefmt::rfc3339_seconds_from_nanos(target.status.created_at),
             "checkpointedTime": created,
             "restored": false,
             "pod": {"name": metadata.name, "namespace": metadata.namespace, "uid": metadata.uid},
@@ -933,13 +1017,6 @@ pub fn dump_log_excerpt(path: &Path) -> String {
     format!("\nfrom {}:\n  {}", path.display(), picked.join("\n  "))
 }
 
-fn rfc3339_from_nanos(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
@@ -961,6 +1038,13 @@ fn criu_version() -> String {
                 .unwrap_or_default()
         })
         .clone()
+}
+
+/// What the cut measured.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    dump_time: Duration,
+    frozen_time: Duration,
 }
 
 /// A staging directory removed when dropped (success or failure).
@@ -1005,18 +1089,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(rfc3339_from_nanos(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
-    }
-
-    #[test]
     fn tags_sort_by_time() {
         let (created, tag) = now_rfc3339();
         assert_eq!(created.len(), "2026-11-22T23:35:05.123Z".len());
         assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'), "{tag}");
+        // Tags of different times, listed out of order, sort by time as strings: across a
+        // millisecond, a second, a day, a month and a year boundary, and against 1970.
+        let at = |ms: u64| crate::timefmt::created_and_tag(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).1;
+        let times = [
+            1_795_391_493_919, // 2026-11-22T23:51:33.919Z
+            1_795_391_493_920,
+            1_795_391_494_001,
+            1_795_392_000_000, // the next day
+            1_798_761_600_000, // 2027-01-01
+            0,
+            999,
+            1_000,
+        ];
+        let mut tags: Vec<String> = times.iter().map(|&ms| at(ms)).collect();
+        tags.sort();
+        let mut by_time = times.to_vec();
+        by_time.sort_unstable();
+        assert_eq!(tags, by_time.iter().map(|&ms| at(ms)).collect::<Vec<_>>());
+        assert_eq!(at(1_795_391_493_919), "20261122T235133.919Z");
+        // A tag taken now sorts after one taken a second earlier.
+        let earlier = crate::timefmt::created_and_tag(SystemTime::now() - Duration::from_secs(1)).1;
+        assert!(earlier < tag, "{earlier} !< {tag}");
     }
 
     #[test]

@@ -117,8 +117,14 @@ pub fn inspect(store: &Store, reference: &str) -> Result<(), String> {
     if let Some(t) = ms("lazarus.dev/criu-freezing-time-us", 1000.0) {
         println!("freezing:    {t}");
     }
+    if let Some(t) = ms(ann::LAZARUS_FROZEN_TIME_MS, 1.0) {
+        println!("frozen:      {t} (the whole cut: dump and writable layer)");
+    }
     if let Some(t) = ms("lazarus.dev/criu-frozen-time-us", 1000.0) {
-        println!("frozen:      {t}");
+        println!("criu frozen: {t}");
+    }
+    if let Some(trigger) = annotations.get(ann::LAZARUS_TRIGGER) {
+        println!("trigger:     {trigger}");
     }
     if let Some(t) = ms("lazarus.dev/dump-time-ms", 1.0) {
         println!("dump call:   {t}");

@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 /// Why a lock could not be taken.
@@ -17,6 +18,14 @@ pub enum LockError {
     Busy {
         /// The container.
         container_id: String,
+    },
+    /// `flock(2)` failed for another reason than the lock being held.
+    #[error("locking {path}: {errno}")]
+    Flock {
+        /// The lock file.
+        path: PathBuf,
+        /// The error number `flock` returned.
+        errno: Errno,
     },
     /// The lock file could not be opened.
     #[error("opening lock file {path}: {source}")]
@@ -58,19 +67,59 @@ fn open(path: &Path) -> Result<File, LockError> {
         .map_err(|source| LockError::Open { path: path.to_owned(), source })
 }
 
+/// Takes the container's lock, failing at once if it is held.
+pub fn try_container(dir: &Path, container_id: &str) -> Result<ContainerLock, LockError> {
+    std::fs::create_dir_all(dir).map_err(|source| LockError::Open { path: dir.to_owned(), source })?;
+    let container_path = dir.join(format!("container-{container_id}.lock"));
+    match Flock::lock(open(&container_path)?, FlockArg::LockExclusiveNonblock) {
+        Ok(container) => Ok(ContainerLock { _container: container }),
+        Err((_, Errno::EWOULDBLOCK)) => Err(LockError::Busy { container_id: container_id.to_owned() }),
+        Err((_, errno)) => Err(LockError::Flock { path: container_path, errno }),
+    }
+}
+
 /// Takes the container's lock (failing at once if it is held) and then one of
 /// `slots` node-wide slots (waiting until one is free).
 pub async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
-    std::fs::create_dir_all(dir).map_err(|source| LockError::Open { path: dir.to_owned(), source })?;
-    let container_path = dir.join(format!("container-{container_id}.lock"));
-    let container = Flock::lock(open(&container_path)?, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| LockError::Busy { container_id: container_id.to_owned() })?;
+    let container = try_container(dir, container_id)?;
+    with_slot(dir, container, container_id, slots).await
+}
+
+/// Like [`acquire`], but waits while another checkpoint of the container
+/// runs (the checkpoint before a stop must not be skipped because a periodic
+/// one is still going). The caller bounds the wait.
+pub async fn acquire_waiting(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+    let mut waited = false;
+    let container = loop {
+        match try_container(dir, container_id) {
+            Ok(lock) => break lock,
+            Err(LockError::Busy { .. }) => {
+                if !waited {
+                    tracing::info!(container_id, "waiting for the container's running checkpoint to finish");
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    with_slot(dir, container, container_id, slots).await
+}
+
+async fn with_slot(
+    dir: &Path,
+    container: ContainerLock,
+    container_id: &str,
+    slots: usize,
+) -> Result<CheckpointPermit, LockError> {
     let mut waited = false;
     loop {
         for n in 0..slots.max(1) {
-            let file = open(&dir.join(format!("slot-{n}.lock")))?;
-            if let Ok(slot) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                return Ok(CheckpointPermit { _container: container, _slot: slot });
+            let path = dir.join(format!("slot-{n}.lock"));
+            match Flock::lock(open(&path)?, FlockArg::LockExclusiveNonblock) {
+                Ok(slot) => return Ok(CheckpointPermit { _container: container._container, _slot: slot }),
+                Err((_, Errno::EWOULDBLOCK)) => {}
+                Err((_, errno)) => return Err(LockError::Flock { path, errno }),
             }
         }
         if !waited {
@@ -85,7 +134,10 @@ pub async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<Che
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    // Paused clocks: the waiters' retry sleeps pass at once and deterministically
+    // (flock is synchronous), so "still waiting after 10 s of retries" is checked
+    // without a wall-clock sleep.
+    #[tokio::test(start_paused = true)]
     async fn one_checkpoint_per_container_and_slots_are_shared() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = acquire(dir.path(), "a", 1).await.expect("first");
@@ -96,8 +148,10 @@ mod tests {
             let dir = dir.path().to_owned();
             async move { acquire(&dir, "b", 1).await }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(!waiting.is_finished(), "second container must wait for the slot");
+        // It holds b's lock already and waits for the slot only.
+        assert!(matches!(try_container(dir.path(), "b"), Err(LockError::Busy { .. })));
         drop(first);
         let second = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
@@ -118,5 +172,45 @@ mod tests {
         let err = acquire(dir.path(), "a", 1).await.expect_err("container a is still locked");
         assert!(matches!(err, LockError::Busy { .. }), "{err}");
         drop((pushing, other));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_acquire_gets_the_container_once_it_is_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = acquire(dir.path(), "a", 2).await.expect("first");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn({
+            let dir = dir.path().to_owned();
+            async move {
+                let permit = acquire_waiting(&dir, "a", 2).await;
+                let _ = tx.send(());
+                permit
+            }
+        });
+        // Still held: the waiter cannot have it.
+        assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })));
+        assert!(tokio::time::timeout(Duration::from_secs(10), rx).await.is_err(), "got a held lock");
+        drop(running);
+        let permit = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("lock freed")
+            .expect("task")
+            .expect("permit");
+        assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })), "the waiter holds it");
+        drop(permit);
+        try_container(dir.path(), "a").expect("free again");
+    }
+
+    #[test]
+    fn only_a_held_lock_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = try_container(dir.path(), "a").expect("first");
+        assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })));
+        drop(held);
+        try_container(dir.path(), "a").expect("free again");
+        // Other errnos (not producible here) name the file and the errno instead of "already running".
+        let err = LockError::Flock { path: dir.path().join("x.lock"), errno: Errno::ENOLCK };
+        let text = err.to_string();
+        assert!(text.starts_with("locking ") && text.contains("x.lock") && text.contains("ENOLCK"), "{text}");
     }
 }

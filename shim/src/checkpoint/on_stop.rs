@@ -2,6 +2,13 @@
 //! annotated `lazarus.dev/checkpoint-on-stop: "true"` first takes a
 //! checkpoint — within the grace period kubelet passed — and then the stop
 //! goes on, whatever happened to the checkpoint.
+//!
+//! From the moment `StopContainer` arrives for a container of a pod lazarus
+//! checkpoints (on stop or periodically), the container is marked
+//! `stopping`: no periodic or manual checkpoint of it is taken any more, so
+//! the checkpoint before the stop (or, without one, the last periodic one)
+//! is what `latest` comes back to — never a state in the middle of the
+//! program's shutdown.
 
 use std::time::Duration;
 
@@ -58,12 +65,24 @@ pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, t
         )
         .await;
     let Some(pod) = pod.ok().and_then(|p| p.status) else { return };
-    if !wants_checkpoint_on_stop(&pod.annotations) {
-        return;
-    }
     let pod_name = pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
     let pod_name = pod_name.as_str();
     let container = status.status.as_ref().and_then(|s| s.metadata.as_ref()).map_or("", |m| m.name.as_str());
+    let on_stop = wants_checkpoint_on_stop(&pod.annotations);
+    if (on_stop || pod.annotations.contains_key(ann::CHECKPOINT_INTERVAL))
+        && let Err(e) = engine.stopping_markers().set(container_id).await
+    {
+        tracing::error!(
+            pod = pod_name,
+            container,
+            container_id,
+            error = %e,
+            "could not mark the container as stopping; a periodic checkpoint may still be taken during its shutdown"
+        );
+    }
+    if !on_stop {
+        return;
+    }
     let grace = Duration::from_secs(u64::try_from(timeout_seconds).unwrap_or(0));
     let budget = grace.saturating_sub(STOP_RESERVE);
     if budget.is_zero() {
@@ -77,22 +96,33 @@ pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, t
         );
         return;
     }
-    let request = super::CheckpointRequest { trigger: Trigger::Stop, ..Default::default() };
-    match tokio::time::timeout(budget, engine.checkpoint_with(container_id, request)).await {
-        Ok(Ok(checkpoint)) => {
+    // The checkpoint runs as a task of its own: when the budget runs out it
+    // goes on (and is committed, a consistent state from before the stop),
+    // while the stop waits only for the container to be thawed — a SIGTERM
+    // must never reach a container frozen in the middle of its dump.
+    let (thawed_tx, thawed) = tokio::sync::oneshot::channel();
+    let request = super::CheckpointRequest { trigger: Trigger::Stop, thawed: Some(thawed_tx), ..Default::default() };
+    let (task_engine, task_id) = (engine.clone(), container_id.to_owned());
+    let mut task = tokio::spawn(async move { task_engine.checkpoint_with(&task_id, request).await });
+    match tokio::time::timeout(budget, &mut task).await {
+        Ok(Ok(Ok(checkpoint))) => {
             tracing::info!(pod = pod_name, container, container_id, reference = %checkpoint.reference, "checkpointed before stop")
         }
-        Ok(Err(e)) => {
+        Ok(Ok(Err(e))) => {
             tracing::warn!(pod = pod_name, container, container_id, error = %e, "checkpoint before stop failed; stopping anyway")
         }
+        Ok(Err(e)) => {
+            tracing::error!(pod = pod_name, container, container_id, error = %e, "checkpoint before stop panicked; stopping anyway")
+        }
         Err(_) => {
-            engine.metrics().checkpoint_failed(Trigger::Stop, "timeout");
+            let _ = thawed.await;
             tracing::warn!(
                 pod = pod_name,
                 container,
                 container_id,
                 budget_seconds = budget.as_secs(),
-                "checkpoint before stop did not finish within the grace period; stopping anyway"
+                "checkpoint before stop did not finish within the grace period; stopping now, the checkpoint \
+                 of the state before the stop goes on in the background"
             )
         }
     }

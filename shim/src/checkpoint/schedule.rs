@@ -1,10 +1,16 @@
 //! Periodic checkpoints of annotated pods (`lazarus.dev/checkpoint-interval`).
 //!
 //! The daemon scans the runtime's pods every few seconds. A container of a
-//! pod with a valid interval is checkpointed when due; due times come from the
-//! newest checkpoint in the store (else the container's start), so a lazarus
-//! restart does not reset them. A run still going is never started twice; a
-//! failed run is retried after the next interval, doubling up to 8 intervals.
+//! pod with a valid interval is checkpointed one interval after the newer of
+//! its start (for a restored container: its restore) and the newest
+//! checkpoint of the same `namespace/pod/container` in the store, whatever
+//! took it (periodic, on-stop, `lazarus checkpoint`); the store is read again
+//! when a container falls due, so a lazarus restart does not reset the
+//! schedule and a manual checkpoint pushes the next periodic one back. A run
+//! still going is never started twice; a failed run is retried after the
+//! next interval, doubling up to 8 intervals. Once kubelet has asked to stop
+//! a container (its `stopping` marker), it is never checkpointed periodically
+//! again: what it does during its shutdown is not progress to come back to.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,6 +59,17 @@ pub fn jitter(container_id: &str, interval: Duration) -> Duration {
     container_id.hash(&mut h);
     let fraction = (h.finish() % 1000) as f64 / 10_000.0;
     interval.mul_f64(fraction)
+}
+
+/// When a container is next due: one interval (plus its jitter) after the
+/// newer of its start and its newest checkpoint.
+pub fn next_due(
+    newest_checkpoint: Option<SystemTime>,
+    started: SystemTime,
+    interval: Duration,
+    jitter: Duration,
+) -> SystemTime {
+    newest_checkpoint.map_or(started, |newest| newest.max(started)) + interval + jitter
 }
 
 /// Delay before retrying after `failures` consecutive failures.
@@ -130,31 +147,31 @@ impl Scheduler {
                 self.consider(&container.id, &namespace_pod, &name, container.created_at, interval);
             }
         }
-        // Forget containers that are gone.
+        // Forget containers that are gone, and their stopping markers.
         self.due.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| seen.contains(id));
+        let stopping = self.engine.stopping_markers();
+        for id in stopping.list().await {
+            if !seen.contains(&id) {
+                stopping.clear(&id).await;
+            }
+        }
         Ok(())
     }
 
     fn consider(&self, container_id: &str, pod: &str, name: &str, created_at_nanos: i64, interval: Duration) {
-        let key = &format!("{pod}/{name}");
-        let now = SystemTime::now();
-        let due = {
-            let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
-            due.entry(container_id.to_owned())
-                .or_insert_with(|| {
-                    // Rebuilt from what exists: the newest checkpoint, else the start.
-                    let last = super::listing::entries(self.engine.store(), Some(key))
-                        .ok()
-                        .and_then(|e| e.last().map(|l| l.created.clone()))
-                        .and_then(|c| parse_rfc3339(&c));
-                    let base = last.unwrap_or_else(|| {
-                        SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(created_at_nanos).unwrap_or(0))
-                    });
-                    Due { at: base + interval + jitter(container_id, interval), failures: 0 }
-                })
-                .clone()
-        };
-        if due.at > now {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(created_at_nanos).unwrap_or(0));
+        let due = self
+            .due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(container_id.to_owned())
+            // From the start alone; the store is read when this falls due.
+            .or_insert_with(|| Due {
+                at: next_due(None, started, interval, jitter(container_id, interval)),
+                failures: 0,
+            })
+            .clone();
+        if due.at > SystemTime::now() {
             return;
         }
         if !self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(container_id.to_owned()) {
@@ -164,57 +181,79 @@ impl Scheduler {
         let container_id = container_id.to_owned();
         let (pod, name) = (pod.to_owned(), name.to_owned());
         tokio::spawn(async move {
-            let request = super::CheckpointRequest { trigger: crate::metrics::Trigger::Periodic, ..Default::default() };
-            let result = this.engine.checkpoint_with(&container_id, request).await;
-            let mut due = this.due.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = due.entry(container_id.clone()).or_insert(Due { at: SystemTime::now(), failures: 0 });
-            match result {
-                Ok(checkpoint) => {
-                    tracing::info!(pod = %pod, container = %name, container_id = %container_id, reference = %checkpoint.reference, "periodic checkpoint");
-                    *entry = Due { at: SystemTime::now() + interval + jitter(&container_id, interval), failures: 0 };
-                }
-                Err(e) => {
-                    let failures = entry.failures + 1;
-                    let retry = backoff(interval, failures);
-                    tracing::warn!(
-                        pod = %pod,
-                        container = %name,
-                        container_id = %container_id,
-                        failures,
-                        retry_in = %duration::format(retry),
-                        error = %e,
-                        "periodic checkpoint failed; previous checkpoints are kept"
-                    );
-                    *entry = Due { at: SystemTime::now() + retry, failures };
-                }
-            }
-            drop(due);
+            let next = this.run_due(&container_id, &pod, &name, started, interval, due.failures).await;
+            this.due.lock().unwrap_or_else(PoisonError::into_inner).insert(container_id.clone(), next);
             this.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&container_id);
         });
     }
+
+    /// The newest checkpoint time of `key` in the store (read on the blocking pool).
+    async fn newest_checkpoint(&self, key: &str) -> Option<SystemTime> {
+        let (store, key) = (self.engine.store().clone(), key.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let entries = store.list().ok()?;
+            entries
+                .iter()
+                .filter(|e| e.annotation(ann::CONTAINER_KEY) == Some(key.as_str()))
+                .filter_map(|e| e.annotation(ann::CREATED).and_then(parse_rfc3339))
+                .max()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// A container that fell due: checkpoint it unless it is stopping or a
+    /// newer checkpoint (of any trigger) moved its due time. Returns its next due time.
+    async fn run_due(
+        &self,
+        container_id: &str,
+        pod: &str,
+        name: &str,
+        started: SystemTime,
+        interval: Duration,
+        failures: u32,
+    ) -> Due {
+        let jitter = jitter(container_id, interval);
+        if self.engine.stopping_markers().exists(container_id).await {
+            tracing::debug!(pod, container = name, container_id, "stopping: no periodic checkpoint");
+            return Due { at: SystemTime::now() + interval, failures };
+        }
+        if failures == 0 {
+            let due = next_due(self.newest_checkpoint(&format!("{pod}/{name}")).await, started, interval, jitter);
+            if due > SystemTime::now() {
+                return Due { at: due, failures };
+            }
+        }
+        let request = super::CheckpointRequest { trigger: crate::metrics::Trigger::Periodic, ..Default::default() };
+        match self.engine.checkpoint_with(container_id, request).await {
+            Ok(checkpoint) => {
+                tracing::info!(pod, container = name, container_id, reference = %checkpoint.reference, "periodic checkpoint");
+                Due { at: SystemTime::now() + interval + jitter, failures: 0 }
+            }
+            Err(super::CheckpointError::Stopping { .. }) => {
+                tracing::debug!(pod, container = name, container_id, "stopping: no periodic checkpoint");
+                Due { at: SystemTime::now() + interval, failures }
+            }
+            Err(e) => {
+                let failures = failures + 1;
+                let retry = backoff(interval, failures);
+                tracing::warn!(
+                    pod,
+                    container = name,
+                    container_id,
+                    failures,
+                    retry_in = %duration::format(retry),
+                    error = %e,
+                    "periodic checkpoint failed; previous checkpoints are kept"
+                );
+                Due { at: SystemTime::now() + retry, failures }
+            }
+        }
+    }
 }
 
-/// Parses the RFC 3339 UTC times lazarus writes (`2026-11-22T23:35:05.123Z`).
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi, s) = (t.next()??, t.next()??, t.next()??);
-    let millis: u64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    // Days from civil (inverse of capture::civil_from_days).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = u64::try_from(days * 86_400 + h * 3600 + mi * 60 + s).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
-}
+pub use crate::timefmt::parse_rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -255,5 +294,46 @@ mod tests {
         let t = parse_rfc3339("2023-11-14T22:13:20.250Z").expect("parse");
         assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).expect("after epoch").as_millis(), 1_700_000_000_250);
         assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.5Z").and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()),
+            Some(Duration::from_millis(1_700_000_000_500))
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20Z").and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()),
+            Some(Duration::from_secs(1_700_000_000))
+        );
+    }
+
+    #[test]
+    fn rfc3339_garbage_from_disk_is_rejected_without_panicking() {
+        for bad in [
+            "2023-11-14T22:13:20.\u{e9}\u{e9}Z",
+            "2023-11-14T22:13:20.é1Z",
+            "2023-11-14T22:13:20.1é2Z",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20.-1Z",
+            "2023-11-14T22:13:20.+12Z",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T25:13:20Z",
+            "2023-11-14T22:13Z",
+            "-2023-11-14T22:13:20Z",
+            "Z",
+            "",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_interval_counts_from_the_newest_checkpoint_or_the_start() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let (interval, jitter) = (Duration::from_secs(100), Duration::from_secs(3));
+        // Never checkpointed: from the start.
+        assert_eq!(next_due(None, t(1000), interval, jitter), t(1103));
+        // A manual or on-stop checkpoint after the start moves it.
+        assert_eq!(next_due(Some(t(1500)), t(1000), interval, jitter), t(1603));
+        // A restored container started after the checkpoint it came from:
+        // from the restore, not from the old checkpoint.
+        assert_eq!(next_due(Some(t(400)), t(1000), interval, jitter), t(1103));
     }
 }

@@ -202,20 +202,6 @@ impl RegistryError {
     }
 }
 
-impl From<RegistryError> for tonic::Status {
-    fn from(err: RegistryError) -> tonic::Status {
-        let code = match &err {
-            RegistryError::NotFound { .. } => tonic::Code::NotFound,
-            RegistryError::Transport { .. } | RegistryError::Timeout { .. } => tonic::Code::Unavailable,
-            RegistryError::Auth { .. } => tonic::Code::PermissionDenied,
-            RegistryError::Reference(_) => tonic::Code::InvalidArgument,
-            RegistryError::Integrity { .. } => tonic::Code::DataLoss,
-            _ => tonic::Code::Internal,
-        };
-        tonic::Status::new(code, format!("lazarus: {err}"))
-    }
-}
-
 /// How the client reaches registries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrySettings {

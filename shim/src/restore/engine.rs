@@ -169,9 +169,7 @@ impl RestoreError {
             }
             RestoreError::Unpack { .. } | RestoreError::Corrupt { .. } => Code::DataLoss,
             RestoreError::Runtime(_) => Code::Unavailable,
-            RestoreError::Fetch { source: FetchError::StillDownloading { .. }, .. } => Code::Unavailable,
-            RestoreError::Fetch { source: FetchError::NotACheckpoint(_), .. } => Code::FailedPrecondition,
-            RestoreError::Fetch { .. } => Code::Unavailable,
+            RestoreError::Fetch { source, .. } => source.code(),
             RestoreError::Io { .. } => Code::Internal,
         }
     }
@@ -565,10 +563,12 @@ impl Restorer {
         let name = repository.repository_name();
         checks::registry_allowed(&name, &self.config.allowed_registries)
             .map_err(|failure| RestoreError::Check { reference: name.clone(), failure })?;
-        let tags = self.fetcher.client().list_tags(repository).await.map_err(|e| RestoreError::Fetch {
-            reference: name.clone(),
-            source: FetchError::Registry(e.to_string()),
-        })?;
+        let tags = self
+            .fetcher
+            .client()
+            .list_tags(repository)
+            .await
+            .map_err(|e| RestoreError::Fetch { reference: name.clone(), source: FetchError::from(e) })?;
         let prefix = format!("{container}-");
         let mut ours: Vec<String> = tags
             .into_iter()

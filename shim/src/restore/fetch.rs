@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use oci_spec::image::ImageManifest;
 use tokio::sync::watch;
+use tonic::Code;
 
-use crate::registry::{Reference, RegistryClient};
+use crate::registry::{Reference, RegistryClient, RegistryError};
 
 /// The outcome of one download, shared by everyone waiting for it.
-type Outcome = Option<Result<PathBuf, String>>;
+type Outcome = Option<Result<PathBuf, FetchError>>;
 
 /// A checkpoint manifest resolved in a registry.
 #[derive(Debug, Clone)]
@@ -32,12 +33,29 @@ pub struct Resolved {
     pub digest: String,
 }
 
-/// Why a fetch failed.
+/// Why a fetch failed. Cloned to everyone waiting for one download, hence the `Arc`s.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
-    /// The registry said no, or could not be reached, or the data is wrong.
-    #[error("{0}")]
-    Registry(String),
+    /// The registry said no, or could not be reached, or the data is wrong;
+    /// typed, so that a wrong tag stays `NOT_FOUND` (see [`FetchError::code`]).
+    #[error(transparent)]
+    Registry(Arc<RegistryError>),
+    /// The verified download could not be moved into the cache.
+    #[error("{action} {}: {source}", path.display())]
+    Cache {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The download task went away without a result (the daemon is shutting down).
+    #[error("the download of {digest} ended without a result")]
+    Abandoned {
+        /// The layer.
+        digest: String,
+    },
     /// The manifest is not a checkpoint image.
     #[error("{0}")]
     NotACheckpoint(String),
@@ -49,6 +67,25 @@ pub enum FetchError {
         /// Its size.
         size: u64,
     },
+}
+
+impl From<RegistryError> for FetchError {
+    fn from(err: RegistryError) -> Self {
+        FetchError::Registry(Arc::new(err))
+    }
+}
+
+impl FetchError {
+    /// The gRPC code a `CreateContainer` refused for this reason is answered with:
+    /// only what a retry can fix is `UNAVAILABLE`.
+    pub fn code(&self) -> Code {
+        match self {
+            FetchError::Registry(err) => crate::error::registry_code(err),
+            FetchError::NotACheckpoint(_) => Code::FailedPrecondition,
+            FetchError::StillDownloading { .. } | FetchError::Abandoned { .. } => Code::Unavailable,
+            FetchError::Cache { .. } => Code::Internal,
+        }
+    }
 }
 
 /// Downloads checkpoint blobs, once each, into a cache directory.
@@ -76,7 +113,7 @@ impl Fetcher {
 
     /// Resolves `reference` to its manifest (verified against its digest when it has one).
     pub async fn resolve(&self, reference: &Reference) -> Result<Resolved, FetchError> {
-        let fetched = self.client.get_manifest(reference).await.map_err(|e| FetchError::Registry(e.to_string()))?;
+        let fetched = self.client.get_manifest(reference).await?;
         let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| FetchError::NotACheckpoint(format!("{reference}: not an OCI image manifest: {e}")))?;
         if manifest.layers().len() != 1 {
@@ -85,7 +122,7 @@ impl Fetcher {
                 manifest.layers().len()
             )));
         }
-        let pinned = reference.with_digest(&fetched.digest).map_err(|e| FetchError::Registry(e.to_string()))?;
+        let pinned = reference.with_digest(&fetched.digest).map_err(RegistryError::from)?;
         Ok(Resolved { reference: pinned, manifest, digest: fetched.digest })
     }
 
@@ -102,11 +139,10 @@ impl Fetcher {
         let done = tokio::time::timeout(wait, receiver.wait_for(Option::is_some)).await;
         match done {
             Err(_) => Err(FetchError::StillDownloading { digest: digest.to_owned(), size }),
-            Ok(Err(_)) => Err(FetchError::Registry(format!("the download of {digest} ended without a result"))),
+            Ok(Err(_)) => Err(FetchError::Abandoned { digest: digest.to_owned() }),
             Ok(Ok(outcome)) => match outcome.clone() {
-                Some(Ok(path)) => Ok(path),
-                Some(Err(e)) => Err(FetchError::Registry(e)),
-                None => Err(FetchError::Registry(format!("the download of {digest} ended without a result"))),
+                Some(result) => result,
+                None => Err(FetchError::Abandoned { digest: digest.to_owned() }),
             },
         }
     }
@@ -131,8 +167,12 @@ impl Fetcher {
             let started = std::time::Instant::now();
             tracing::info!(registry = %repository.registry, repository = %repository.repository, digest = %digest, size, "downloading checkpoint layer");
             let result = match client.pull_blob_to_file(&repository, &digest, Some(size), &partial).await {
-                Ok(_) => std::fs::rename(&partial, &path).map(|()| path.clone()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(_) => std::fs::rename(&partial, &path).map(|()| path.clone()).map_err(|e| FetchError::Cache {
+                    action: "moving the download into the cache",
+                    path: partial.clone(),
+                    source: Arc::new(e),
+                }),
+                Err(e) => Err(FetchError::from(e)),
             };
             match &result {
                 Ok(_) => {
@@ -150,5 +190,78 @@ impl Fetcher {
         let path = self.cache.join(digest.replace(':', "-"));
         std::fs::remove_file(path).ok();
         self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(err: RegistryError) -> Code {
+        FetchError::from(err).code()
+    }
+
+    #[test]
+    fn registry_errors_keep_their_meaning_as_grpc_codes() {
+        let host = || "reg.example.com".to_owned();
+        let repo = || "team/job".to_owned();
+        let what = || "manifest job-20261122T235133.919Z".to_owned();
+        assert_eq!(
+            registry(RegistryError::NotFound { registry: host(), repository: repo(), what: what() }),
+            Code::NotFound
+        );
+        assert_eq!(
+            registry(RegistryError::Auth { registry: host(), reason: "HTTP 401: bad credentials".into() }),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            registry(RegistryError::Transport { registry: host(), what: what(), reason: "connection refused".into() }),
+            Code::Unavailable
+        );
+        assert_eq!(
+            registry(RegistryError::Timeout { registry: host(), what: what(), timeout: Duration::from_secs(30) }),
+            Code::Unavailable
+        );
+        assert_eq!(
+            registry(RegistryError::Integrity {
+                registry: host(),
+                repository: repo(),
+                what: what(),
+                reason: "digest".into()
+            }),
+            Code::DataLoss
+        );
+        let status = |status: u16| RegistryError::Status {
+            registry: host(),
+            repository: repo(),
+            what: what(),
+            status,
+            body: String::new(),
+        };
+        for (http, code) in [
+            (401, Code::PermissionDenied),
+            (403, Code::PermissionDenied),
+            (404, Code::NotFound),
+            (429, Code::Unavailable),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (400, Code::Internal),
+        ] {
+            assert_eq!(registry(status(http)), code, "HTTP {http}");
+        }
+    }
+
+    #[test]
+    fn fetch_errors_map_once_and_keep_the_registry_text() {
+        let err = FetchError::from(RegistryError::NotFound {
+            registry: "reg.example.com".into(),
+            repository: "team/job".into(),
+            what: "manifest latest".into(),
+        });
+        assert_eq!(err.to_string(), "registry reg.example.com: manifest latest in team/job: not found");
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(FetchError::NotACheckpoint("x".into()).code(), Code::FailedPrecondition);
+        assert_eq!(FetchError::StillDownloading { digest: "sha256:ab".into(), size: 1 }.code(), Code::Unavailable);
+        assert_eq!(FetchError::Abandoned { digest: "sha256:ab".into() }.code(), Code::Unavailable);
     }
 }
