@@ -5,12 +5,15 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=e2e/lib.sh
 . "$repo/e2e/lib.sh"
 
 require_root
+require_debian
 require_cargo
 step "test bed (containerd ${LAZARUS_CONTAINERD:-1.6}, runc, CRIU, CNI, registry)"
-bash e2e/testbed/testbed.sh up
+bash e2e/testbed/testbed.sh up ||
+    die "the test bed did not come up: the [testbed] error above says what failed; logs are in /var/log/lazarus-testbed (docs/testing.md)"
 # shellcheck disable=SC1091
 . /run/lazarus-testbed/env
 
@@ -20,6 +23,10 @@ cargo build --release --quiet -p lazarus-shim -p lazarus-e2e --bin lazarus --bin
 # wrapper as its runc (BinaryName); it restores the containers lazarus planned.
 install -D -m 0755 target/release/lazarus-runc "$LAZARUS_RUNC_WRAPPER.new"
 mv -f "$LAZARUS_RUNC_WRAPPER.new" "$LAZARUS_RUNC_WRAPPER"
+
+step "what lazarus finds on this machine: lazarus version"
+target/release/lazarus version --upstream "unix://$CONTAINERD_SOCKET" ||
+    die "lazarus version found a problem: the hint lines above say what to do"
 
 socket=/run/lazarus-demo/cri.sock
 log=/var/log/lazarus-demo/lazarus.log
@@ -34,7 +41,7 @@ target/release/lazarus serve --config "$config" --listen "$socket" --upstream "u
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
-[ -S "$socket" ] || { cat "$log"; die "lazarus did not start; log above"; }
+[ -S "$socket" ] || { cat "$log"; die "lazarus did not start; its log is above (docs/troubleshooting.md explains its errors)"; }
 
 step "a counter pod through lazarus: checkpointed on stop, removed, re-created from its checkpoint"
 target/release/lazarus-demo --socket "$socket"

@@ -6,10 +6,13 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=e2e/lib.sh
 . "$repo/e2e/lib.sh"
 
 require_root
+require_debian
 require_cargo
+require_rust_lints
 flavors=${LAZARUS_E2E_FLAVORS:-1.6 2.1}
 started=$(date +%s)
 
@@ -22,6 +25,9 @@ run_cargo_test() {
 
 teardown() { [ "${LAZARUS_KEEP_TESTBED:-0}" = 1 ] || bash e2e/testbed/testbed.sh down >/dev/null 2>&1 || true; }
 trap 'teardown; rm -f "$results"' EXIT
+
+step "install list: CRIU and the workspace built in a minbase root with only the listed packages"
+bash e2e/testbed/testbed.sh verify-packages
 
 first=${flavors%% *}
 step "test bed up (containerd $first)"

@@ -6,6 +6,8 @@
 #   --prefix DIR              binaries go to DIR/bin (default /usr/local); the units follow
 #   --bin-dir DIR             where the built lazarus and lazarus-runc are
 #                             (default: target/release of this repository)
+#   --keep-debug              also install the binaries' debug info, split off, as
+#                             /usr/lib/debug<bin dir>/NAME.debug (gdb finds it)
 #   --no-kubelet              do not install the kubelet drop-in
 #   --edit-containerd-config  add the `lazarus` runtime handler to containerd's main
 #                             config (between marker lines) if it has none
@@ -15,7 +17,8 @@
 #                             (every local checkpoint!)
 #   -h, --help
 #
-# Safe to run again: unchanged files are left alone and a second run says
+# The binaries are installed stripped of their debug info (objcopy, from
+# binutils), symbols kept. Safe to run again: unchanged files are left alone and a second run says
 # "nothing changed". An existing /etc/lazarus/config.toml is never replaced.
 # Running it again with new binaries is the upgrade: lazarus.service restarts,
 # lazarus.socket (what kubelet connects to) stays. See docs/install.md.
@@ -28,13 +31,14 @@ ROOT=/
 PREFIX=/usr/local
 BIN_DIR=$REPO_DIR/target/release
 KUBELET=1
+KEEP_DEBUG=0
 EDIT_CONTAINERD=0
 START=1
 UNINSTALL=0
 PURGE=0
 
 usage() {
-  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -50,6 +54,7 @@ while [ $# -gt 0 ]; do
     --prefix=*) PREFIX=${1#*=}; shift ;;
     --bin-dir) [ $# -ge 2 ] || usage 2; BIN_DIR=$2; shift 2 ;;
     --bin-dir=*) BIN_DIR=${1#*=}; shift ;;
+    --keep-debug) KEEP_DEBUG=1; shift ;;
     --no-kubelet) KUBELET=0; shift ;;
     --edit-containerd-config) EDIT_CONTAINERD=1; shift ;;
     --no-start) START=0; shift ;;
@@ -71,6 +76,7 @@ PREFIX=${PREFIX%/}
 # Paths on the node (without ROOT).
 BIN=$PREFIX/bin
 SHARE=$PREFIX/share/lazarus
+DEBUG_DIR=/usr/lib/debug$BIN   # where gdb looks for a debug link's file
 UNIT_DIR=/etc/systemd/system
 KUBELET_DROPIN=$UNIT_DIR/kubelet.service.d/10-lazarus.conf
 ETC=/etc/lazarus
@@ -124,6 +130,21 @@ remove_empty_dir() {
     rmdir "$dir"
     say "  removed $1/"
   fi
+}
+
+# strip_binary NAME: $TMP/NAME is $BIN_DIR/NAME without its debug info (symbols
+# kept, for backtraces and perf) and with a debug link to NAME.debug, and
+# $TMP/NAME.debug holds the debug info. objcopy's output is deterministic,
+# so an unchanged binary installs as "nothing changed".
+strip_binary() {
+  local name=$1
+  command -v objcopy >/dev/null ||
+    die "objcopy not found: install.sh installs the binaries without their debug info; install binutils"
+  objcopy --only-keep-debug "$BIN_DIR/$name" "$TMP/$name.debug" ||
+    die "objcopy --only-keep-debug $BIN_DIR/$name failed"
+  chmod 0644 "$TMP/$name.debug"
+  (cd "$TMP" && objcopy --strip-debug --add-gnu-debuglink="$name.debug" "$BIN_DIR/$name" "$TMP/$name") ||
+    die "objcopy --strip-debug $BIN_DIR/$name failed"
 }
 
 # Our files with /usr/local/bin replaced by the chosen prefix.
@@ -387,8 +408,13 @@ do_install() {
     [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b not found: build with 'cargo build --release -p lazarus-shim' or give --bin-dir"
   done
   say "installing lazarus into ${ROOT:-/} (binaries in $BIN)"
-  install_file "$BIN_DIR/lazarus" "$BIN/lazarus" 0755
-  install_file "$BIN_DIR/lazarus-runc" "$BIN/lazarus-runc" 0755
+  for b in lazarus lazarus-runc; do
+    strip_binary "$b"
+    install_file "$TMP/$b" "$BIN/$b" 0755
+    if [ "$KEEP_DEBUG" -eq 1 ]; then
+      install_file "$TMP/$b.debug" "$DEBUG_DIR/$b.debug" 0644
+    fi
+  done
   binaries_changed=$CHANGED
 
   units_before=$CHANGED
@@ -451,6 +477,9 @@ do_uninstall() {
   fi
   remove_file "$BIN/lazarus"
   remove_file "$BIN/lazarus-runc"
+  remove_file "$DEBUG_DIR/lazarus.debug"
+  remove_file "$DEBUG_DIR/lazarus-runc.debug"
+  remove_empty_dir "$DEBUG_DIR"
   local before_containerd=$CHANGED
   remove_file "$CONTAINERD_DROPIN"
   remove_block "$ROOT$CONTAINERD_CONFIG"

@@ -8,6 +8,8 @@
 #   testbed.sh containerd-start            start it again with the same config
 #   testbed.sh status                      show what is running
 #   testbed.sh down                        stop and remove everything but caches
+#   testbed.sh verify-packages             prove PACKAGES complete (CRIU and the Rust
+#                                          workspace built in a minbase root; host tools)
 #
 # The flavour can also come from LAZARUS_CONTAINERD (default 1.6).
 #
@@ -89,16 +91,42 @@ CRIU_INSTALL=/usr/local/sbin/criu
 # Environment of the daemons we start: nothing from the caller leaks in.
 DAEMON_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# bookworm packages the test bed needs (the last line: CRIU build deps;
-# prometheus for its promtool, which checks the scraped metrics in e2e/tests/metrics.rs;
-# systemd for systemd-analyze and systemd-socket-activate, shellcheck for the
-# node scripts: e2e/tests/install.rs, shim/tests/systemd.rs).
+# The install list. CI proves it complete (`testbed.sh verify-packages`, see
+# docs/testing.md): CRIU is built in a debootstrap minbase root that gets only
+# CRIU_BUILD_PACKAGES, the Rust workspace is checked there with
+# RUST_BUILD_PACKAGES added, and every command in HOST_COMMANDS must belong to
+# a package of PACKAGES or of minbase.
+# CRIU's build (libprotobuf-dev: its Makefile copies descriptor.proto from it).
+CRIU_BUILD_PACKAGES="gcc make pkg-config patch xz-utils
+  libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
+  libcap-dev libgnutls28-dev libbsd-dev libnftables-dev uuid-dev"
+# What the built criu binary links against (its DT_NEEDED libraries' packages,
+# checked after every build by criu_runtime_check): kept on the host.
+CRIU_RUNTIME_PACKAGES="libc6 libbsd0 libgnutls30 libnftables1 libprotobuf-c1 libnl-3-200 libnet1 libuuid1"
+# The Rust workspace's system needs: protoc (proto/build.rs), a C compiler and
+# libc headers (ring and zstd-sys build scripts; rustc links with cc).
+RUST_BUILD_PACKAGES="protobuf-compiler gcc libc6-dev"
+
+# bookworm packages the test bed needs (prometheus for its promtool, which checks the
+# scraped metrics in e2e/tests/metrics.rs; systemd for systemd-analyze and
+# systemd-socket-activate, shellcheck for the node scripts: e2e/tests/install.rs,
+# shim/tests/systemd.rs; debootstrap for the minbase root CRIU is built in).
 PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
   docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch prometheus
   util-linux xz-utils gcc make pkg-config
   systemd shellcheck python3-venv
-  libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libnet1-dev
-  libcap-dev libgnutls28-dev libbsd-dev libnftables-dev uuid-dev"
+  debootstrap $CRIU_BUILD_PACKAGES $CRIU_RUNTIME_PACKAGES $RUST_BUILD_PACKAGES"
+
+# Commands the scripts and tests run on the host, checked by verify-packages to
+# come from a package of PACKAGES or of minbase (not from a by-hand install).
+HOST_COMMANDS="apt-get dpkg dpkg-query dpkg-deb debootstrap chroot mount umount flock setsid
+  start-stop-daemon timeout sha256sum tar xz patch make gcc cc pkg-config protoc
+  containerd ctr containerd-shim-runc-v2 runc iptables iptables-restore ip
+  docker-registry busybox curl openssl python3 promtool systemd-analyze
+  systemd-socket-activate shellcheck"
+# Files (not on PATH) the test bed relies on, with the same check.
+HOST_FILES="/usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
+  /usr/share/keyrings/debian-archive-keyring.gpg"
 
 # --- Helpers -----------------------------------------------------------------
 log() { printf '[testbed] %s\n' "$*" >&2; }
@@ -106,7 +134,7 @@ warn() { printf '[testbed] warning: %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,12p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -326,17 +354,24 @@ fetch_criu_tarball() {
 }
 
 # Our CRIU build: Debian's 4.1.1 source plus the patches in patches/ (see
-# patches/README.md). A stamp records which source and patches the installed
-# binary was built from, so a changed patch set rebuilds it.
+# patches/README.md), built in the minbase root below from CRIU_BUILD_PACKAGES.
+# A stamp records which source, patches and package lists the installed binary
+# was built from, so a changed patch set or list rebuilds it.
 criu_stamp() {
   {
     echo "$CRIU_SHA256"
     cat "$TESTBED_DIR"/patches/criu-"$CRIU_VERSION"-*.patch 2>/dev/null
+    echo "built in a $MINBASE_SUITE minbase root with:"
+    # shellcheck disable=SC2086 # word lists on purpose
+    word_list $CRIU_BUILD_PACKAGES
+    echo "runtime:"
+    # shellcheck disable=SC2086
+    word_list $CRIU_RUNTIME_PACKAGES
   } | sha256sum | cut -d' ' -f1
 }
 
 ensure_criu() {
-  local version stamp_file=/usr/local/share/lazarus-testbed/criu.stamp want
+  local version stamp_file=/usr/local/share/lazarus-testbed/criu.stamp want built=$CACHE_DIR/criu/built
   want=$(criu_stamp)
   if [ -x "$CRIU_INSTALL" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$want" ]; then
     CRIU_BIN=$CRIU_INSTALL
@@ -344,29 +379,329 @@ ensure_criu() {
     check_criu
     return 0
   fi
-  fetch_criu_tarball
-  local build="$CACHE_DIR/criu/build" src="$CACHE_DIR/criu/build/criu-$CRIU_VERSION" patch
-  # Always from a fresh unpack, so patches apply to pristine sources.
-  rm -rf "$build"
-  mkdir -p "$build"
-  tar -C "$build" -xJf "$CACHE_DIR/criu/$CRIU_TARBALL"
-  [ -d "$src" ] || die "$CRIU_TARBALL did not unpack into $src"
-  for patch in "$TESTBED_DIR"/patches/criu-"$CRIU_VERSION"-*.patch; do
-    [ -f "$patch" ] || continue
-    log "criu: applying $(basename "$patch")"
-    patch -d "$src" -p1 --quiet <"$patch" || die "applying $patch to CRIU $CRIU_VERSION failed"
-  done
-  log "criu: building $CRIU_VERSION in $src (log: $LOG_DIR/criu-build.log)"
-  make -C "$src" -j"$(nproc)" criu >>"$LOG_DIR/criu-build.log" 2>&1 ||
-    die "building CRIU failed; see $LOG_DIR/criu-build.log"
-  install -m 0755 "$src/criu/criu" "$CRIU_INSTALL"
+  # verify-packages leaves the binary it built; otherwise build it now.
+  if ! [ -x "$built/criu" ] || [ "$(cat "$built/criu.stamp" 2>/dev/null)" != "$want" ]; then
+    build_in_minbase criu
+  fi
+  install -m 0755 "$built/criu" "$CRIU_INSTALL.new"
+  mv -f "$CRIU_INSTALL.new" "$CRIU_INSTALL"
   CRIU_BIN=$CRIU_INSTALL
   version=$(criu_version_of "$CRIU_BIN")
   version_ge "${version:-0}" "$CRIU_MIN" || die "$CRIU_BIN reports version '${version}'"
   mkdir -p "$(dirname "$stamp_file")"
   echo "$want" >"$stamp_file"
-  log "criu: installed $CRIU_BIN ($version, patched)"
+  log "criu: installed $CRIU_BIN ($version, patched, built in a minbase root)"
   check_criu
+}
+
+# --- The minbase root: CRIU's build, and the proof of the install list ---------
+# A debootstrap --variant=minbase root, cached (it depends only on the suite, the
+# mirror and debootstrap's version) and never written after it is made: every
+# build runs in a fresh overlay on it that gets only the listed packages, so a
+# package the host has by accident cannot make a build pass. Debian's .debs and
+# package lists are cached beside it. One build at a time (MINBASE_LOCK).
+MINBASE_SUITE=bookworm
+MINBASE_DIR=$CACHE_DIR/minbase
+MINBASE_LOCK=$MINBASE_DIR/lock
+MINBASE_LOG=$LOG_DIR/minbase.log
+MINBASE_ROOT=""
+BUILD_DIR=""
+
+# The words of $*, sorted and without duplicates, one a line.
+word_list() {
+  printf '%s\n' "$@" | sed '/^$/d' | sort -u
+}
+
+minbase_key() {
+  {
+    echo "$MINBASE_SUITE minbase"
+    debian_mirror
+    dpkg-query -W -f='${Version}\n' debootstrap
+  } | sha256sum | cut -c1-16
+}
+
+# Sets MINBASE_ROOT to the cached root, made first if needed (the caller holds
+# MINBASE_LOCK). $MINBASE_ROOT.packages lists the packages minbase has.
+ensure_minbase_root() {
+  local mirror start old
+  command -v debootstrap >/dev/null ||
+    die "debootstrap is not installed (it is in PACKAGES: '$SELF up' installs it)"
+  MINBASE_ROOT=$MINBASE_DIR/root-$(minbase_key)
+  if [ -f "$MINBASE_ROOT.ok" ] && [ -d "$MINBASE_ROOT" ]; then
+    log "minbase: cached root $MINBASE_ROOT"
+    return 0
+  fi
+  for old in "$MINBASE_DIR"/root-*; do
+    [ -e "$old" ] || continue
+    case "$old" in "$MINBASE_ROOT" | "$MINBASE_ROOT".*) ;; *) rm -rf --one-file-system "$old" ;; esac
+  done
+  rm -rf --one-file-system "$MINBASE_ROOT" "$MINBASE_ROOT.packages"
+  mirror=$(debian_mirror)
+  start=$(date +%s)
+  log "minbase: debootstrap --variant=minbase $MINBASE_SUITE from $mirror (log: $MINBASE_LOG)"
+  debootstrap --variant=minbase "$MINBASE_SUITE" "$MINBASE_ROOT" "$mirror" >>"$MINBASE_LOG" 2>&1 ||
+    die "debootstrap --variant=minbase $MINBASE_SUITE failed; see $MINBASE_LOG"
+  # shellcheck disable=SC2016 # dpkg-query's format, not the shell's
+  chroot "$MINBASE_ROOT" dpkg-query -W -f='${Package}\n' | sort -u >"$MINBASE_ROOT.packages"
+  touch "$MINBASE_ROOT.ok"
+  log "minbase: root made in $(($(date +%s) - start))s ($(wc -l <"$MINBASE_ROOT.packages") packages)"
+}
+
+# Mount points at or below $1, deepest first.
+mounts_below() {
+  awk -v dir="$1" 'index($5, dir "/") == 1 || $5 == dir { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+# Runs "$@" in the build root with a clean environment (NAME=VALUE words first
+# add to it or override it).
+in_root() {
+  chroot "$BUILD_DIR/root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C \
+    DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# A fresh overlay on the minbase root at $BUILD_DIR/root, with /proc (apt's
+# maintainer scripts, rustc) and the apt caches mounted; build_root_down undoes
+# it, also on any exit (trap).
+build_root_up() {
+  local root mirror
+  mkdir -p "$MINBASE_DIR/apt-archives/partial" "$MINBASE_DIR/apt-lists/partial"
+  BUILD_DIR=$(mktemp -d "$MINBASE_DIR/build.XXXXXX")
+  trap 'build_root_down' EXIT
+  trap 'exit 130' INT TERM HUP
+  root=$BUILD_DIR/root
+  mkdir -p "$BUILD_DIR/upper" "$BUILD_DIR/work" "$root"
+  mount -t overlay overlay \
+    -o "lowerdir=$MINBASE_ROOT,upperdir=$BUILD_DIR/upper,workdir=$BUILD_DIR/work" "$root" ||
+    die "cannot mount an overlay on $MINBASE_ROOT"
+  mount -t proc proc "$root/proc"
+  mount --bind "$MINBASE_DIR/apt-archives" "$root/var/cache/apt/archives"
+  mount --bind "$MINBASE_DIR/apt-lists" "$root/var/lib/apt/lists"
+  rm -f "$root/etc/resolv.conf"
+  cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+  mirror=$(debian_mirror)
+  printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$MINBASE_SUITE" "$mirror" "$MINBASE_SUITE" \
+    >"$root/etc/apt/sources.list"
+  printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+  chmod 755 "$root/usr/sbin/policy-rc.d"
+  in_root apt-get -o DPkg::Lock::Timeout=600 -q update >>"$MINBASE_LOG" 2>&1 ||
+    die "apt-get update in the minbase root failed; see $MINBASE_LOG"
+}
+
+build_root_down() {
+  [ -n "$BUILD_DIR" ] || return 0
+  local mp
+  while read -r mp; do
+    [ -n "$mp" ] || continue
+    umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || warn "cannot unmount $mp"
+  done <<MOUNTS
+$(mounts_below "$BUILD_DIR")
+MOUNTS
+  if [ -z "$(mounts_below "$BUILD_DIR")" ]; then
+    rm -rf --one-file-system "$BUILD_DIR"
+  else
+    warn "still mounted below $BUILD_DIR; left in place"
+  fi
+  BUILD_DIR=""
+  trap - EXIT INT TERM HUP
+}
+
+# Installs the packages of list $1 (a variable name) into the build root, as
+# the host gets them (no recommends).
+build_root_install() {
+  local name=$1 list
+  # shellcheck disable=SC2086 # a word list on purpose
+  list=$(word_list ${!name})
+  log "minbase: installing $name: $(echo "$list" | tr '\n' ' ')"
+  # shellcheck disable=SC2086 # a word list on purpose
+  in_root apt-get -o DPkg::Lock::Timeout=600 -q -y --no-install-recommends install $list \
+    >>"$MINBASE_LOG" 2>&1 || die "installing $name into the minbase root failed; see $MINBASE_LOG"
+}
+
+# The packages owning path $2 (under any name a usr-merged system knows it
+# by), one a line, asked with "$1 dpkg -S" ($1: "" for the host, in_root for
+# the build root).
+path_owners() {
+  local runner=$1 p=$2 variant twin
+  case "$p" in /usr/*) twin=${p#/usr} ;; *) twin=/usr$p ;; esac
+  for variant in "$p" "$twin"; do
+    $runner dpkg -S "$variant" 2>/dev/null |
+      awk -F': ' '!/^diversion/ { n = split($1, a, ", "); for (i = 1; i <= n; i++) { sub(/:.*/, "", a[i]); print a[i] } }' ||
+      true # dpkg -S fails for the names it does not know
+  done | sort -u
+}
+
+# True when a word of list $1 is a line of list $2.
+any_in() {
+  local word
+  for word in $1; do
+    grep -qxF -- "$word" <<<"$2" && return 0
+  done
+  return 1
+}
+
+# Every library the built criu needs (DT_NEEDED) must come from a package in
+# CRIU_RUNTIME_PACKAGES or minbase: those are what the host keeps to run it.
+criu_runtime_check() {
+  local bin=$1 libs lib path owners allowed missing=""
+  # shellcheck disable=SC2086 # word lists on purpose
+  allowed=$( { word_list $CRIU_RUNTIME_PACKAGES; cat "$MINBASE_ROOT.packages"; } | sort -u)
+  libs=$(in_root readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p')
+  [ -n "$libs" ] || die "readelf found no libraries in $bin (is it dynamic?)"
+  for lib in $libs; do
+    # "libx.so.1 => /lib/…/libx.so.1 (…)", or "/lib64/ld-linux-x86-64.so.2 (…)" for the loader.
+    path=$(in_root ldd "$bin" | awk -v lib="$lib" '
+      $1 == lib && $2 == "=>" { print $3; exit }
+      substr($1, length($1) - length(lib)) == "/" lib { print $1; exit }')
+    [ -n "$path" ] || { missing="$missing $lib (not found by ldd)"; continue; }
+    owners=$(path_owners in_root "$(in_root readlink -f "$path")")
+    [ -n "$owners" ] || owners=$(path_owners in_root "$path")
+    any_in "$owners" "$allowed" || missing="$missing $lib (from ${owners:-no package})"
+  done
+  [ -z "$missing" ] ||
+    die "criu needs libraries from packages not in CRIU_RUNTIME_PACKAGES:$missing; add them in $SELF"
+  log "minbase: criu's libraries ($(echo "$libs" | tr '\n' ' ')) come from CRIU_RUNTIME_PACKAGES or minbase"
+}
+
+# The lines of CRIU's build log $1, after its line $2, that say what is missing.
+criu_build_errors() {
+  # (CRIU's Makefile asks git for a version and falls back without it.)
+  tail -n "+$(($2 + 1))" "$1" |
+    grep -E 'No rule to make target|fatal error|error:|not found|No such file|was not found' |
+    grep -v 'git: No such file' | awk '!seen[$0]++' | tail -4 | sed 's/^/  /'
+}
+
+# Builds CRIU in a fresh overlay of the minbase root holding nothing but
+# CRIU_BUILD_PACKAGES and leaves it, with its stamp, in $CACHE_DIR/criu/built.
+# With "rust" as $1 (verify-packages) it then adds RUST_BUILD_PACKAGES and
+# runs `cargo check` of the whole workspace there.
+build_in_minbase() {
+  local what=$1 root src built=$CACHE_DIR/criu/built start log_file=$LOG_DIR/criu-build.log patch lines
+  fetch_criu_tarball
+  mkdir -p "$MINBASE_DIR"
+  exec 8>"$MINBASE_LOCK"
+  flock -w 3600 8 || die "another build holds $MINBASE_LOCK for more than an hour"
+  start=$(date +%s)
+  ensure_minbase_root
+  build_root_up
+  root=$BUILD_DIR/root
+  build_root_install CRIU_BUILD_PACKAGES
+  src=/build/criu-$CRIU_VERSION
+  mkdir -p "$root/build"
+  tar -C "$root/build" -xJf "$CACHE_DIR/criu/$CRIU_TARBALL"
+  [ -d "$root$src" ] || die "$CRIU_TARBALL did not unpack into $src"
+  for patch in "$TESTBED_DIR"/patches/criu-"$CRIU_VERSION"-*.patch; do
+    [ -f "$patch" ] || continue
+    log "criu: applying $(basename "$patch")"
+    patch -d "$root$src" -p1 --quiet <"$patch" || die "applying $patch to CRIU $CRIU_VERSION failed"
+  done
+  log "criu: building $CRIU_VERSION in the minbase root (log: $log_file)"
+  printf '=== %s testbed.sh: make criu in a minbase root with CRIU_BUILD_PACKAGES\n' "$(date -Is)" >>"$log_file"
+  lines=$(wc -l <"$log_file")
+  if ! in_root make -C "$src" -j"$(nproc)" criu >>"$log_file" 2>&1; then
+    printf '[testbed] error: building CRIU in a minbase root with only CRIU_BUILD_PACKAGES failed:\n' >&2
+    criu_build_errors "$log_file" "$lines" >&2
+    die "a build dependency is missing from CRIU_BUILD_PACKAGES in $SELF (this host may have it installed by hand, a fresh machine does not); see $log_file"
+  fi
+  criu_runtime_check "$src/criu/criu"
+  mkdir -p "$built"
+  install -m 0755 "$root$src/criu/criu" "$built/criu.new"
+  mv -f "$built/criu.new" "$built/criu"
+  criu_stamp >"$built/criu.stamp"
+  log "criu: built in the minbase root in $(($(date +%s) - start))s"
+  if [ "$what" = rust ]; then
+    rust_workspace_check
+  fi
+  build_root_down
+  exec 8>&-
+}
+
+# `cargo check` of the whole workspace (every build script runs: protoc for
+# proto/, cc for ring and zstd-sys, and links) in the build root after
+# RUST_BUILD_PACKAGES are added, with the host's Rust toolchain and crate cache
+# mounted in.
+rust_workspace_check() {
+  local root=$BUILD_DIR/root repo sysroot cargo_home start rustc lines
+  repo=$(cd "$TESTBED_DIR/../.." && pwd)
+  cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  # This script's PATH is the system's: rustup's toolchain is in CARGO_HOME.
+  rustc=${RUSTC:-$(command -v rustc || echo "$cargo_home/bin/rustc")}
+  [ -x "$rustc" ] ||
+    die "rustc not found (PATH, $cargo_home/bin): the Rust workspace check needs a Rust toolchain >= 1.88, e.g. from https://rustup.rs"
+  sysroot=$("$rustc" --print sysroot) || die "$rustc --print sysroot failed"
+  [ -x "$sysroot/bin/cargo" ] || die "no cargo in the toolchain $sysroot"
+  # Crates come from the host's cache: fetched here, read offline in the root.
+  (cd "$repo" && PATH=$sysroot/bin:$PATH cargo fetch --locked --quiet) || die "cargo fetch in $repo failed"
+  build_root_install RUST_BUILD_PACKAGES
+  mkdir -p "$root/toolchain" "$root/src" "$root/cargo-home/registry" "$root/target"
+  mount --bind "$sysroot" "$root/toolchain"
+  mount -o remount,bind,ro "$root/toolchain"
+  mount --bind "$repo" "$root/src"
+  mount -o remount,bind,ro "$root/src"
+  mount --bind "$cargo_home/registry" "$root/cargo-home/registry"
+  start=$(date +%s)
+  log "rust: cargo check --workspace --all-targets in the minbase root (log: $MINBASE_LOG)"
+  printf '=== %s testbed.sh: cargo check in a minbase root with CRIU_BUILD_PACKAGES and RUST_BUILD_PACKAGES\n' \
+    "$(date -Is)" >>"$MINBASE_LOG"
+  lines=$(wc -l <"$MINBASE_LOG")
+  if ! in_root PATH=/toolchain/bin:/usr/bin:/bin CARGO_HOME=/cargo-home CARGO_TARGET_DIR=/target \
+    CARGO_TERM_COLOR=never sh -c 'cd /src && cargo check --workspace --all-targets --locked --offline' \
+    >>"$MINBASE_LOG" 2>&1; then
+    tail -n "+$((lines + 1))" "$MINBASE_LOG" | grep -E '^error|failed to run custom build|Could not find|not found' |
+      tail -5 | sed 's/^/  /' >&2
+    die "the Rust workspace does not build in a minbase root with CRIU_BUILD_PACKAGES and RUST_BUILD_PACKAGES: a package is missing from RUST_BUILD_PACKAGES in $SELF; see $MINBASE_LOG"
+  fi
+  log "rust: the workspace builds from the listed packages ($(($(date +%s) - start))s)"
+}
+
+# The packages of $1 (a word list) and everything they depend on, one a
+# line: Pre-Depends and Depends, recursively, as the host's dpkg records them;
+# of alternatives ("a | b") only the first, the one apt picks on a fresh machine.
+depends_closure() {
+  # shellcheck disable=SC2016 # dpkg-query's format, not the shell's
+  dpkg-query -W -f='${Package}\t${Pre-Depends}, ${Depends}\n' | awk -F'\t' -v roots="$1" '
+    { deps[$1] = $2 }
+    END {
+      n = split(roots, queue, " ")
+      for (i = 1; i <= n; i++) seen[queue[i]] = 1
+      for (head = 1; head <= n; head++) {
+        m = split(deps[queue[head]], dep, ",")
+        for (j = 1; j <= m; j++) {
+          name = dep[j]
+          sub(/\|.*/, "", name); sub(/\(.*/, "", name); gsub(/[ \t]/, "", name); sub(/:.*/, "", name)
+          if (name != "" && !(name in seen)) { seen[name] = 1; queue[++n] = name }
+        }
+      }
+      for (name in seen) print name
+    }' | sort -u
+}
+
+# Every command in HOST_COMMANDS and file in HOST_FILES must be owned by a
+# package of PACKAGES or minbase or one they depend on, somewhere along its
+# symlink chain: a tool installed by hand, or present by chance, fails here.
+check_host_commands() {
+  local allowed cmd path hop owners bad="" n=0 target
+  allowed=$(depends_closure "$PACKAGES $(cat "$MINBASE_ROOT.packages")")
+  for cmd in $HOST_COMMANDS $HOST_FILES; do
+    n=$((n + 1))
+    case "$cmd" in
+      /*) path=$cmd; [ -e "$path" ] || { bad="$bad $cmd (missing)"; continue; } ;;
+      *) path=$(command -v "$cmd") || { bad="$bad $cmd (not on PATH)"; continue; } ;;
+    esac
+    owners=""
+    hop=$path
+    for _ in 1 2 3 4 5 6 7 8; do
+      owners="$owners $(path_owners "" "$hop" | tr '\n' ' ')"
+      [ -L "$hop" ] || break
+      target=$(readlink "$hop")
+      case "$target" in /*) hop=$target ;; *) hop=$(dirname "$hop")/$target ;; esac
+    done
+    # shellcheck disable=SC2086 # a word list on purpose
+    owners=$(word_list $owners | tr '\n' ' ')
+    any_in "$owners" "$allowed" || bad="$bad $cmd ($path from ${owners:-no package})"
+  done
+  [ -z "$bad" ] ||
+    die "not from a package in PACKAGES or minbase:$bad; add the package to PACKAGES in $SELF"
+  log "host: $n commands and files all come from PACKAGES or minbase"
 }
 
 check_criu() {
@@ -944,6 +1279,20 @@ cmd_down() {
   log "down: done (kept $CACHE_DIR, $OPT_DIR and $LOG_DIR)"
 }
 
+# CI's proof that the install list is complete (docs/testing.md): the host
+# packages (under the test bed lock), then CRIU and `cargo check` of the
+# workspace in a minbase root with only the listed packages, then the host's
+# commands. Leaves the CRIU binary for the next `up` to install.
+cmd_verify_packages() {
+  local start
+  start=$(date +%s)
+  mkdir -p "$CACHE_DIR" "$LOG_DIR"
+  (take_lock && install_packages) || exit 1
+  build_in_minbase rust
+  check_host_commands
+  log "verify-packages: the install list is complete ($(($(date +%s) - start))s)"
+}
+
 cmd_status() {
   local pid flavor ctr=""
   flavor=$(cat "$CONTAINERD_FLAVOR_FILE" 2>/dev/null || true)
@@ -989,6 +1338,7 @@ main() {
     containerd-stop) need_root; [ $# -eq 0 ] || usage; cmd_containerd_stop ;;
     containerd-start) need_root; [ $# -eq 0 ] || usage; cmd_containerd_start ;;
     status) [ $# -eq 0 ] || usage; cmd_status ;;
+    verify-packages) need_root; [ $# -eq 0 ] || usage; cmd_verify_packages ;;
     -h | --help | help) usage ;;
     *) usage ;;
   esac

@@ -146,9 +146,7 @@ fn install_script_into_a_temporary_root_is_idempotent_verifiable_and_reversible(
             "{installed} differs from {source} (default prefix: no paths to rewrite)"
         );
     }
-    for name in ["lazarus", "lazarus-runc"] {
-        ensure!(std::fs::read(root.join("usr/local/bin").join(name))? == std::fs::read(bins.join(name))?);
-    }
+    check_stripped(&root, &bins)?;
     ensure!(std::fs::read_to_string(&containerd_config)? == CONTAINERD_V2_CONFIG, "main config edited without asking");
     ensure!(
         first.contains(r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lazarus]"#)
@@ -211,6 +209,89 @@ fn install_script_into_a_temporary_root_is_idempotent_verifiable_and_reversible(
     ensure!(!root.join("etc/lazarus").exists() && !root.join("var/lib/lazarus").exists());
     std::fs::remove_dir_all(root.join("var"))?;
     ensure!(snapshot(&root)? == untouched, "after --purge the root must be as before:\n{:#?}", snapshot(&root)?);
+    Ok(())
+}
+
+/// The names of the sections of the ELF64 (little-endian) file `bytes`.
+fn elf_section_names(bytes: &[u8]) -> Result<Vec<String>> {
+    let u16_at = |at: usize| -> Result<usize> {
+        Ok(u16::from_le_bytes(bytes.get(at..at + 2).context("truncated ELF")?.try_into()?).into())
+    };
+    let u64_at = |at: usize| -> Result<usize> {
+        Ok(usize::try_from(u64::from_le_bytes(bytes.get(at..at + 8).context("truncated ELF")?.try_into()?))?)
+    };
+    ensure!(bytes.starts_with(b"\x7fELF\x02\x01"), "not a little-endian ELF64 file");
+    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    let header = |i: usize| shoff + i * shentsize;
+    let (strtab, strtab_size) = (u64_at(header(shstrndx) + 0x18)?, u64_at(header(shstrndx) + 0x20)?);
+    let names = bytes.get(strtab..strtab + strtab_size).context("section names outside the file")?;
+    (0..shnum)
+        .map(|i| {
+            let at = u32::from_le_bytes(bytes.get(header(i)..header(i) + 4).context("truncated ELF")?.try_into()?);
+            let name = names.get(usize::try_from(at)?..).context("section name outside the table")?;
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+        })
+        .collect()
+}
+
+/// The installed binaries have no debug info but a debug link, are smaller
+/// than the built ones (which do have debug info: otherwise this proves
+/// nothing), and still run.
+fn check_stripped(root: &Path, bins: &Path) -> Result<()> {
+    for name in ["lazarus", "lazarus-runc"] {
+        let built = std::fs::read(bins.join(name))?;
+        let installed = std::fs::read(root.join("usr/local/bin").join(name))?;
+        let (before, after) = (elf_section_names(&built)?, elf_section_names(&installed)?);
+        ensure!(before.iter().any(|s| s.starts_with(".debug_")), "{name} was built without debug info: {before:?}");
+        // `.debug_gdb_scripts` is no debug info: a few loaded bytes naming rustc's gdb
+        // pretty-printers, part of the program image, which strip keeps.
+        let debug: Vec<_> = after.iter().filter(|s| s.starts_with(".debug_") && *s != ".debug_gdb_scripts").collect();
+        ensure!(debug.is_empty(), "installed {name} still has {debug:?}");
+        ensure!(after.iter().any(|s| s == ".gnu_debuglink"), "installed {name} has no debug link: {after:?}");
+        ensure!(after.iter().any(|s| s == ".symtab"), "installed {name} lost its symbols: {after:?}");
+        println!("{name}: {} bytes built, {} installed", built.len(), installed.len());
+        ensure!(installed.len() < built.len(), "installed {name} is not smaller");
+    }
+    let lazarus = root.join("usr/local/bin/lazarus");
+    let output = Command::new(&lazarus).arg("--version").output()?;
+    ensure!(
+        output.status.success() && text(&output).starts_with(&format!("lazarus {}", env!("CARGO_PKG_VERSION"))),
+        "stripped lazarus --version: {}",
+        text(&output)
+    );
+    // `lazarus version` runs too (no runtime and maybe no CRIU here: exit 1, but its report is printed).
+    let output =
+        Command::new(&lazarus).args(["version", "--upstream", "unix:///nonexistent/lazarus-test.sock"]).output()?;
+    let report = text(&output);
+    ensure!(report.contains("no socket at /nonexistent/lazarus-test.sock") && !output.status.success(), "{report}");
+    // lazarus-runc passes --version to the real runc (found on PATH).
+    let output = Command::new(root.join("usr/local/bin/lazarus-runc")).arg("--version").output()?;
+    ensure!(output.status.success() && text(&output).contains("runc version"), "{}", text(&output));
+    Ok(())
+}
+
+/// `--keep-debug`: the split-off debug info lands where gdb looks for the
+/// binaries' debug links, and goes with uninstall.
+#[test]
+fn keep_debug_installs_the_debug_info_beside_the_stripped_binaries() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let bins = bin_dir(work.path())?;
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root)?;
+    let out = install_sh(&root, &bins, &["--no-start", "--no-kubelet", "--keep-debug"])?;
+    check_stripped(&root, &bins)?;
+    for name in ["lazarus", "lazarus-runc"] {
+        let path = format!("usr/lib/debug/usr/local/bin/{name}.debug");
+        ensure!(out.contains(&format!("installed /{path}")), "{out}");
+        ensure!(mode_of(&root.join(&path))? == 0o644, "{path}");
+        let sections = elf_section_names(&std::fs::read(root.join(&path))?)?;
+        ensure!(sections.iter().any(|s| s == ".debug_info"), "{path} has no .debug_info: {sections:?}");
+    }
+    let again = install_sh(&root, &bins, &["--no-start", "--no-kubelet", "--keep-debug"])?;
+    ensure!(again.contains("install: nothing changed"), "{again}");
+    install_sh(&root, &bins, &["--no-start", "--uninstall", "--purge"])?;
+    ensure!(!root.join("usr/lib/debug/usr/local/bin/lazarus.debug").exists(), "the debug info survived uninstall");
     Ok(())
 }
 
@@ -434,7 +515,16 @@ fn node_scripts_pass_shellcheck() -> Result<()> {
     let repo = repo_root();
     let output = Command::new("shellcheck")
         .current_dir(&repo)
-        .args(["systemd/install.sh", "kind-config/run.sh", "kind-config/node-setup.sh"])
+        .args([
+            "systemd/install.sh",
+            "kind-config/run.sh",
+            "kind-config/node-setup.sh",
+            "e2e/testbed/testbed.sh",
+            "e2e/run-tests.sh",
+            "e2e/demo.sh",
+            "e2e/lib.sh",
+            ".ci/run",
+        ])
         .output()?;
     ensure!(output.status.success(), "shellcheck:\n{}", text(&output));
     Ok(())

@@ -349,23 +349,57 @@ pub fn parse_insecure_registries(entries: Vec<String>) -> Result<Vec<String>, Co
     Ok(entries)
 }
 
-/// Accepts `unix:///absolute/path` and `http://host:port` (for a runtime
-/// served over TCP, e.g. in tests).
+/// What `upstream` accepts, for error messages.
+const UPSTREAM_FORMS: &str = "use unix:///path/to/socket or http://host:port";
+
+/// Accepts `unix:///absolute/path` and `http://host:port` (a runtime serving
+/// plaintext HTTP/2 over TCP, e.g. in tests). lazarus has no TLS client for its
+/// upstream, so `https://` is refused instead of being dialled in plaintext; a
+/// TCP endpoint needs its port (gRPC has no default one), and a path, query or
+/// credentials in the URI would be silently ignored, so they are refused too.
 pub fn validate_upstream(uri: &str) -> Result<(), ConfigError> {
+    let bad = |reason: String| invalid("upstream", uri, reason);
     if let Some(path) = uri.strip_prefix("unix://") {
         if !path.starts_with('/') {
-            return Err(invalid(
-                "upstream",
-                uri,
-                "a unix endpoint needs an absolute path: unix:///run/containerd/containerd.sock",
-            ));
+            return Err(bad("a unix endpoint needs an absolute path: unix:///run/containerd/containerd.sock".into()));
         }
         return Ok(());
     }
-    if uri.starts_with("http://") || uri.starts_with("https://") {
-        return uri.parse::<http::Uri>().map(drop).map_err(|e| invalid("upstream", uri, e.to_string()));
+    let Some((scheme, _)) = uri.split_once("://") else {
+        if uri.starts_with('/') {
+            return Err(bad(format!("a socket path needs the unix:// scheme: unix://{uri}")));
+        }
+        return Err(bad(format!("no scheme: {UPSTREAM_FORMS}")));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => {}
+        "https" => {
+            return Err(bad(format!(
+                "TLS to the upstream is not supported (lazarus speaks plaintext HTTP/2 to the runtime): {UPSTREAM_FORMS}"
+            )));
+        }
+        _ => return Err(bad(format!("unsupported scheme {scheme:?}: {UPSTREAM_FORMS}"))),
     }
-    Err(invalid("upstream", uri, "expected unix:///path/to/socket or http://host:port"))
+    let parsed: http::Uri = uri.parse().map_err(|e| bad(format!("not a valid URI ({e}): {UPSTREAM_FORMS}")))?;
+    let Some(authority) = parsed.authority() else {
+        return Err(bad(format!("no host: {UPSTREAM_FORMS}")));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URI are not supported: use http://host:port".into()));
+    }
+    if authority.host().is_empty() {
+        return Err(bad(format!("no host: {UPSTREAM_FORMS}")));
+    }
+    if authority.port_u16().is_none() {
+        return Err(bad(format!(
+            "a TCP endpoint needs a port, e.g. http://{}:10010 (gRPC has no default port)",
+            authority.host()
+        )));
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+        return Err(bad(format!("a path or query is not used by gRPC: use http://{authority}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -551,7 +585,50 @@ mod tests {
 
     #[test]
     fn tcp_upstreams_are_accepted() {
-        let flags = Overrides { upstream: Some("http://127.0.0.1:10010".into()), ..Default::default() };
-        assert!(Config::resolve(FileConfig::default(), flags).is_ok());
+        for ok in ["http://127.0.0.1:10010", "http://[::1]:10010", "http://runtime.local:10010/", "HTTP://h:1"] {
+            let flags = Overrides { upstream: Some(ok.into()), ..Default::default() };
+            assert!(Config::resolve(FileConfig::default(), flags).is_ok(), "{ok}");
+        }
+    }
+
+    /// The reason `resolve` gives for the upstream `uri`.
+    fn upstream_refusal(uri: &str) -> String {
+        let flags = Overrides { upstream: Some(uri.into()), ..Default::default() };
+        let err = Config::resolve(FileConfig::default(), flags).expect_err(uri);
+        assert!(matches!(&err, ConfigError::Invalid { key: "upstream", .. }), "{uri}: {err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("invalid upstream {uri:?}: ")), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn https_upstreams_are_refused_not_dialled_in_plaintext() {
+        for uri in ["https://127.0.0.1:10010", "https://runtime.example.com", "HTTPS://h:443"] {
+            let msg = upstream_refusal(uri);
+            assert!(msg.contains("TLS to the upstream is not supported"), "{msg}");
+            assert!(msg.contains("unix:///path/to/socket or http://host:port"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn upstreams_that_would_be_misread_are_refused() {
+        let cases = [
+            ("http://127.0.0.1", "needs a port, e.g. http://127.0.0.1:10010"),
+            ("http://runtime.local", "needs a port"),
+            ("http://127.0.0.1:10010/runtime.v1", "a path or query is not used by gRPC: use http://127.0.0.1:10010"),
+            ("http://127.0.0.1:10010?x=1", "a path or query is not used"),
+            ("http://user:pw@127.0.0.1:10010", "credentials in the URI are not supported"),
+            ("http://", "unix:///path/to/socket or http://host:port"),
+            ("tcp://127.0.0.1:10010", "unsupported scheme \"tcp\": use unix:///path/to/socket or http://host:port"),
+            ("grpc://127.0.0.1:10010", "unsupported scheme \"grpc\""),
+            ("unix:/run/containerd/containerd.sock", "no scheme"),
+            ("/run/containerd/containerd.sock", "needs the unix:// scheme: unix:///run/containerd/containerd.sock"),
+            ("containerd.sock", "no scheme"),
+            ("unix://run/containerd.sock", "needs an absolute path"),
+        ];
+        for (uri, want) in cases {
+            let msg = upstream_refusal(uri);
+            assert!(msg.contains(want), "{uri}: {msg}");
+        }
     }
 }

@@ -116,23 +116,120 @@ fn first_lines(text: &str, n: usize) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).take(n).collect::<Vec<_>>().join(" | ")
 }
 
+/// Something wrong with the node's CRIU, as `lazarus version` and `lazarus
+/// serve` find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CriuProblem {
+    /// No `criu` on `PATH`.
+    NotFound,
+    /// Older than [`CRIU_MIN`].
+    TooOld(CriuVersion),
+    /// At least [`CRIU_MIN`] but older than [`CRIU_RECOMMENDED`] (a warning).
+    OlderThanRecommended(CriuVersion),
+    /// `criu --version` printed no version.
+    NoVersion,
+    /// `criu check` failed.
+    CheckFailed,
+}
+
+/// Where the installation guide is (the binary may be all a node has, so the
+/// repository is named too).
+const INSTALL_DOCS: &str = "docs/install.md (Requirements) in the lazarus repository";
+/// Where CRIU's errors are explained.
+const TROUBLESHOOTING_DOCS: &str = "docs/troubleshooting.md (CRIU errors people hit)";
+
+/// What a user should do about `problem`: lower-case, one sentence or two.
+pub fn criu_hint(problem: &CriuProblem) -> String {
+    let install = format!(
+        "install CRIU >= {CRIU_RECOMMENDED} (Debian 12's criu package is 3.17, which fails on kernels >= 6.13; \
+         see {INSTALL_DOCS} for how to get a newer one) and put it on lazarus's and containerd's PATH"
+    );
+    match problem {
+        CriuProblem::NotFound => format!(
+            "{install}; or set require_criu = false in the config to run lazarus as a plain CRI proxy \
+             (checkpoints and restores then fail)"
+        ),
+        CriuProblem::TooOld(v) => format!("CRIU {v} is older than {CRIU_MIN}: {install}"),
+        CriuProblem::OlderThanRecommended(v) => format!(
+            "CRIU {v} cannot dump containers on kernels >= 6.13 (vdso: Unexpected rt vDSO area bounds): {install}; \
+             see {TROUBLESHOOTING_DOCS}"
+        ),
+        CriuProblem::NoVersion => format!("this does not look like CRIU: {install}"),
+        CriuProblem::CheckFailed => format!(
+            "checkpoints and restores will fail on this node: run `criu check -v4` (as root) for the details; \
+             {TROUBLESHOOTING_DOCS} lists the usual causes, {INSTALL_DOCS} what a node needs"
+        ),
+    }
+}
+
+/// How lazarus saw the upstream it could not reach: `lazarus version` looks
+/// at a unix socket's path to say which of these it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// Nothing at the socket path.
+    Missing,
+    /// The path exists but is not a socket.
+    NotASocket,
+    /// A socket (or a TCP endpoint) that did not answer.
+    NotAnswering,
+}
+
+/// The socket path of a `unix://` upstream.
+pub fn upstream_socket(upstream: &str) -> Option<&Path> {
+    upstream.strip_prefix("unix://").map(Path::new)
+}
+
+/// Looks at the upstream's socket path (`NotAnswering` for TCP endpoints).
+pub fn upstream_state(upstream: &str) -> UpstreamState {
+    use std::os::unix::fs::FileTypeExt;
+    match upstream_socket(upstream).map(std::fs::metadata) {
+        None => UpstreamState::NotAnswering,
+        Some(Err(_)) => UpstreamState::Missing,
+        Some(Ok(meta)) if !meta.file_type().is_socket() => UpstreamState::NotASocket,
+        Some(Ok(_)) => UpstreamState::NotAnswering,
+    }
+}
+
+/// What a user should do when the upstream did not answer: which socket,
+/// and the flag and config key that choose it.
+pub fn upstream_hint(upstream: &str, state: UpstreamState) -> String {
+    let choose = "set the runtime's CRI endpoint with --upstream or `upstream = \"unix:///path/to/containerd.sock\"` \
+                  in the config file (docs/configuration.md)";
+    match (upstream_socket(upstream), state) {
+        (Some(path), UpstreamState::Missing) => format!(
+            "no socket at {}: is containerd running, and is this its socket (`grpc.address` in containerd's \
+             config)? {choose}",
+            path.display()
+        ),
+        (Some(path), UpstreamState::NotASocket) => {
+            format!("{} exists but is not a socket: {choose}", path.display())
+        }
+        (Some(path), UpstreamState::NotAnswering) => format!(
+            "nothing answers on {} (a stale socket, or the runtime is starting or stopping): is containerd \
+             running? {choose}",
+            path.display()
+        ),
+        (None, _) => format!("nothing answers at {upstream}: is the runtime listening there? {choose}"),
+    }
+}
+
 /// The check `lazarus serve` makes before it starts (unless `require_criu =
 /// false`): CRIU on `PATH`, at least [`CRIU_MIN`]. Returns its path and
 /// version; logs a warning below [`CRIU_RECOMMENDED`].
 pub fn check_criu_at_start() -> Result<(PathBuf, CriuVersion), String> {
     let Some(criu) = find_criu() else {
         return Err(format!(
-            "criu not found on PATH: lazarus needs CRIU >= {CRIU_MIN} ({CRIU_RECOMMENDED} or newer on kernels >= 6.13) \
-             to checkpoint and restore containers. Install it, put it on lazarus's PATH, or set \
-             require_criu = false in the config to run lazarus as a plain CRI proxy"
+            "criu not found on PATH ({}): lazarus needs CRIU >= {CRIU_MIN} to checkpoint and restore containers; {}",
+            std::env::var("PATH").unwrap_or_default(),
+            criu_hint(&CriuProblem::NotFound)
         ));
     };
-    let version = criu_version(&criu)?;
+    let version = criu_version(&criu).map_err(|e| format!("{e}; {}", criu_hint(&CriuProblem::NoVersion)))?;
     if version < CRIU_MIN {
         return Err(format!(
-            "{} is CRIU {version}, too old: lazarus needs CRIU >= {CRIU_MIN} ({CRIU_RECOMMENDED} or newer on kernels \
-             >= 6.13); or set require_criu = false to run lazarus as a plain CRI proxy",
-            criu.display()
+            "{} is too old: {}; or set require_criu = false to run lazarus as a plain CRI proxy",
+            criu.display(),
+            criu_hint(&CriuProblem::TooOld(version))
         ));
     }
     if version < CRIU_RECOMMENDED {
@@ -140,6 +237,7 @@ pub fn check_criu_at_start() -> Result<(PathBuf, CriuVersion), String> {
             criu = %criu.display(),
             version = %version,
             recommended = %CRIU_RECOMMENDED,
+            hint = %criu_hint(&CriuProblem::OlderThanRecommended(version)),
             "CRIU is older than recommended: on kernels >= 6.13 it cannot dump containers"
         );
     }
@@ -159,12 +257,14 @@ pub async fn run(config: &Config) -> Result<(), String> {
         ),
         Err(reason) => {
             println!("runtime: {reason}");
+            hint(&upstream_hint(&config.upstream, upstream_state(&config.upstream)));
             problems.push("the runtime did not answer");
         }
     }
     match find_criu() {
         None => {
-            println!("criu: not found on PATH");
+            println!("criu: not found on PATH ({})", std::env::var("PATH").unwrap_or_default());
+            hint(&criu_hint(&CriuProblem::NotFound));
             println!("criu check: not run");
             problems.push("criu not found");
         }
@@ -176,14 +276,17 @@ pub async fn run(config: &Config) -> Result<(), String> {
             match version {
                 Ok(v) if v < CRIU_MIN => {
                     println!("criu: {} {v} (too old: lazarus needs >= {CRIU_MIN})", criu.display());
+                    hint(&criu_hint(&CriuProblem::TooOld(v)));
                     problems.push("criu too old");
                 }
                 Ok(v) if v < CRIU_RECOMMENDED => {
                     println!("criu: {} {v} (older than {CRIU_RECOMMENDED}: fails on kernels >= 6.13)", criu.display());
+                    hint(&criu_hint(&CriuProblem::OlderThanRecommended(v)));
                 }
                 Ok(v) => println!("criu: {} {v}", criu.display()),
                 Err(e) => {
                     println!("criu: {}: {e}", criu.display());
+                    hint(&criu_hint(&CriuProblem::NoVersion));
                     problems.push("criu version unknown");
                 }
             }
@@ -191,12 +294,18 @@ pub async fn run(config: &Config) -> Result<(), String> {
                 Ok(said) => println!("criu check: ok ({said})"),
                 Err(e) => {
                     println!("criu check: failed: {e}");
+                    hint(&criu_hint(&CriuProblem::CheckFailed));
                     problems.push("criu check failed");
                 }
             }
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join(", ")) }
+}
+
+/// A hint line under a failed item of `lazarus version`.
+fn hint(text: &str) {
+    println!("  hint: {text}");
 }
 
 /// The upstream's `Version` answer, or why there is none (naming the upstream).
@@ -247,6 +356,64 @@ mod tests {
         assert!(v("4.1") >= CRIU_RECOMMENDED);
         assert!(v("10.0") > v("9.12"));
         assert_eq!(v("4.1.1").to_string(), "4.1.1");
+    }
+
+    #[test]
+    fn criu_hints_say_what_to_install_and_where_the_docs_are() {
+        let v = |s: &str| parse_criu_version(&format!("Version: {s}")).expect(s);
+        for problem in [
+            CriuProblem::NotFound,
+            CriuProblem::TooOld(v("3.16")),
+            CriuProblem::OlderThanRecommended(v("3.17")),
+            CriuProblem::NoVersion,
+        ] {
+            let hint = criu_hint(&problem);
+            assert!(hint.contains("install CRIU >= 4.1.0"), "{problem:?}: {hint}");
+            assert!(hint.contains("docs/install.md"), "{problem:?}: {hint}");
+            assert!(hint.contains("PATH"), "{problem:?}: {hint}");
+            // Lower-case, like the errors they follow; CRIU is a name.
+            assert!(hint.starts_with(|c: char| !c.is_uppercase()) || hint.starts_with("CRIU "), "{problem:?}: {hint}");
+        }
+        assert!(criu_hint(&CriuProblem::NotFound).contains("require_criu = false"));
+        assert!(criu_hint(&CriuProblem::TooOld(v("3.16"))).starts_with("CRIU 3.16.0 is older than 3.17.0"));
+        assert!(criu_hint(&CriuProblem::OlderThanRecommended(v("3.17"))).contains("docs/troubleshooting.md"));
+        let check = criu_hint(&CriuProblem::CheckFailed);
+        assert!(check.contains("criu check -v4"), "{check}");
+        assert!(check.contains("docs/troubleshooting.md") && check.contains("docs/install.md"), "{check}");
+    }
+
+    #[test]
+    fn upstream_hints_name_the_socket_the_flag_and_the_key() {
+        let unix = "unix:///run/containerd/containerd.sock";
+        let missing = upstream_hint(unix, UpstreamState::Missing);
+        assert!(
+            missing.starts_with("no socket at /run/containerd/containerd.sock: is containerd running"),
+            "{missing}"
+        );
+        let not_socket = upstream_hint(unix, UpstreamState::NotASocket);
+        assert!(not_socket.starts_with("/run/containerd/containerd.sock exists but is not a socket"), "{not_socket}");
+        let silent = upstream_hint(unix, UpstreamState::NotAnswering);
+        assert!(silent.starts_with("nothing answers on /run/containerd/containerd.sock"), "{silent}");
+        let tcp = upstream_hint("http://127.0.0.1:10010", UpstreamState::NotAnswering);
+        assert!(tcp.starts_with("nothing answers at http://127.0.0.1:10010"), "{tcp}");
+        for hint in [missing, not_socket, silent, tcp] {
+            assert!(hint.contains("--upstream") && hint.contains("`upstream = "), "{hint}");
+            assert!(hint.contains("docs/configuration.md"), "{hint}");
+        }
+    }
+
+    #[test]
+    fn upstream_state_looks_at_the_socket_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("cri.sock");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let uri = |p: &Path| format!("unix://{}", p.display());
+        assert_eq!(upstream_state(&uri(&dir.path().join("absent.sock"))), UpstreamState::Missing);
+        assert_eq!(upstream_state(&uri(&file)), UpstreamState::NotASocket);
+        assert_eq!(upstream_state(&uri(&sock)), UpstreamState::NotAnswering);
+        assert_eq!(upstream_state("http://127.0.0.1:1"), UpstreamState::NotAnswering);
     }
 
     #[test]
