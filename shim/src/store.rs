@@ -187,6 +187,17 @@ impl BlobInfo {
     }
 }
 
+/// Which entries a commit keeps: the newest `keep` annotated `key = value`.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention<'a> {
+    /// Index annotation grouping the entries (e.g. the container key).
+    pub key: &'a str,
+    /// Its value.
+    pub value: &'a str,
+    /// How many to keep (at least 1: the new one).
+    pub keep: usize,
+}
+
 /// One checkpoint in the store: a manifest descriptor of `index.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -307,6 +318,20 @@ impl Store {
         manifest_json: &[u8],
         index_annotations: BTreeMap<String, String>,
     ) -> Result<Descriptor, StoreError> {
+        self.commit_with_retention(manifest_json, index_annotations, None).map(|(descriptor, _)| descriptor)
+    }
+
+    /// [`commit`](Self::commit), and in the same `index.json` replacement
+    /// remove the oldest entries beyond `retention.keep` of those annotated
+    /// `retention.key = retention.value` (the new one included): a reader never
+    /// sees more than `keep` of them. Returns the descriptor and the removed
+    /// entries (their blobs are collected like [`remove`](Self::remove)'s).
+    pub fn commit_with_retention(
+        &self,
+        manifest_json: &[u8],
+        index_annotations: BTreeMap<String, String>,
+        retention: Option<Retention<'_>>,
+    ) -> Result<(Descriptor, Vec<Entry>), StoreError> {
         let invalid = |reason: String| StoreError::InvalidManifest {
             digest: format!("{SHA256_PREFIX}{:x}", Sha256::digest(manifest_json)),
             reason,
@@ -343,15 +368,38 @@ impl Store {
             self.confirm_locked(&lock, blob)?;
         }
         let mut index = self.read_index()?;
-        let mut manifests = index.manifests().clone();
-        manifests.push(descriptor.clone());
-        index.set_manifests(manifests);
+        let mut entries: Vec<Entry> = index.manifests().iter().cloned().map(Entry::new).collect();
+        entries.push(Entry::new(descriptor.clone()));
+        let doomed: BTreeSet<usize> = match &retention {
+            None => BTreeSet::new(),
+            Some(r) => {
+                let matching: Vec<usize> = entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.has_annotation(r.key, r.value))
+                    .map(|(i, _)| i)
+                    .collect();
+                let surplus = matching.len().saturating_sub(r.keep.max(1));
+                matching[..surplus].iter().copied().collect()
+            }
+        };
+        let (removed, kept): (Vec<_>, Vec<_>) = entries.into_iter().enumerate().partition(|(i, _)| doomed.contains(i));
+        let removed: Vec<Entry> = removed.into_iter().map(|(_, e)| e).collect();
+        let released = self.released_by(&removed);
+        index.set_manifests(kept.into_iter().map(|(_, e)| e.descriptor).collect());
         self.write_index(&lock, &index)?;
-        drop(lock);
-
         let entry = Entry::new(descriptor.clone());
         tracing::info!(digest = %entry.digest(), ref_name = entry.ref_name(), "committed checkpoint");
-        Ok(descriptor)
+        for old in &removed {
+            tracing::info!(digest = %old.digest(), ref_name = old.ref_name(), "removed checkpoint");
+        }
+        if !removed.is_empty()
+            && let Err(e) = self.collect_garbage_locked(&lock, &released)
+        {
+            tracing::warn!(error = %e, "store garbage collection failed");
+        }
+        drop(lock);
+        Ok((descriptor, removed))
     }
 
     /// All entries of `index.json`, oldest first.
@@ -1289,6 +1337,30 @@ mod tests {
                 store.verify_blob(&format!("sha256:{hex}")).expect("blob verifies");
             }
         }
+    }
+
+    #[test]
+    fn a_commit_with_retention_never_shows_more_than_keep() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let first: Vec<_> = (0..2).map(|n| checkpoint(&store, "ns/pod/a", n, 64, &[])).collect();
+        let other = checkpoint(&store, "ns/pod/b", 0, 64, &[]);
+        // The third of `a`, committed keeping 2: one index replacement adds it and drops the oldest.
+        let config = store.write_blob_bytes(br#"{"container":"ns/pod/a","n":2}"#).expect("config");
+        let layer = store.write_blob_bytes(b"ns/pod/a#2#").expect("layer");
+        let json =
+            manifest_json(config.descriptor(MediaType::ImageConfig), vec![layer.descriptor(MediaType::ImageLayer)]);
+        let retention = Retention { key: KEY, value: "ns/pod/a", keep: 2 };
+        let (descriptor, removed) =
+            store.commit_with_retention(&json, annotations("ns/pod/a", 2), Some(retention)).expect("commit");
+        assert_eq!(digests(&removed), vec![first[0].manifest.clone()]);
+        let kept = digests(&store.list_with_annotation(KEY, "ns/pod/a").expect("filter"));
+        assert_eq!(kept, vec![first[1].manifest.clone(), descriptor.digest().to_string()]);
+        assert_eq!(digests(&store.list_with_annotation(KEY, "ns/pod/b").expect("filter")), vec![other.manifest]);
+        for digest in first[0].blobs() {
+            assert!(!exists(&store, digest), "blob {digest} of the dropped checkpoint survived");
+        }
+        store.verify_blob(&layer.digest).expect("the new layer is kept");
     }
 
     #[test]

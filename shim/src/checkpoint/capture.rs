@@ -32,7 +32,7 @@ use crate::containerd_api::{self, CheckpointOptions, CheckpointTaskRequest, Chec
 use crate::metrics::{Metrics, Trigger};
 use crate::registry::{Reference, RegistryClient, RegistryError, RegistrySettings};
 use crate::rootfs_diff;
-use crate::store::{Store, StoreError};
+use crate::store::{Retention, Store, StoreError};
 use crate::upstream::Upstream;
 
 /// Layer compression.
@@ -568,20 +568,26 @@ impl Checkpointer {
         let store = self.store.clone();
         let manifest = std::mem::take(&mut packaged.manifest);
         // `packaged.blobs` stays alive (leased against garbage collection) until the commit returns.
-        let committed = tokio::task::spawn_blocking(move || store.commit(&manifest, index_annotations))
-            .await
-            .map_err(|e| CheckpointError::Io {
-                action: "committing",
-                path: PathBuf::new(),
-                source: std::io::Error::other(e.to_string()),
-            })?
-            .map_err(store_err)?;
+        let retention_key = key.clone();
+        // Committed and pruned to `keep` in one index replacement: no reader sees keep + 1.
+        let committed = tokio::task::spawn_blocking(move || {
+            let retention = Retention { key: ann::CONTAINER_KEY, value: &retention_key, keep };
+            store.commit_with_retention(&manifest, index_annotations, Some(retention))
+        })
+        .await
+        .map_err(|e| CheckpointError::Io {
+            action: "committing",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(store_err)?;
         drop(packaged.blobs);
+        let (committed, removed) = committed;
         let digest = committed.digest().to_string();
-        // Retention reads manifests and deletes blobs: off the event loop.
-        let (this, retention_key) = (self.clone(), key.clone());
+        // The size cap reads manifests and deletes blobs: off the event loop.
+        let this = self.clone();
         let (pruned, store_size) = tokio::task::spawn_blocking(move || -> Result<(usize, Option<u64>), StoreError> {
-            let mut pruned = this.store.prune_keep_newest(ann::CONTAINER_KEY, &retention_key, keep)?.len();
+            let mut pruned = removed.len();
             if let Some(max) = this.config.store_max_size {
                 pruned += this.enforce_size_cap(max)?;
             }
