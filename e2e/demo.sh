@@ -18,7 +18,7 @@ bash e2e/testbed/testbed.sh up ||
 . /run/lazarus-testbed/env
 
 step "building lazarus (release)"
-cargo build --release --quiet -p lazarus-shim -p lazarus-e2e --bin lazarus --bin lazarus-runc --bin lazarus-demo
+cargo build --release --quiet -p lazarus-daemon -p lazarus-runc -p lazarus-e2e --bin lazarus --bin lazarus-runc --bin lazarus-demo
 # The test bed's containerd runs the runtime handler "lazarus" with this
 # wrapper as its runc (BinaryName); it restores the containers lazarus planned.
 install -D -m 0755 target/release/lazarus-runc "$LAZARUS_RUNC_WRAPPER.new"

@@ -102,7 +102,7 @@ trap finish EXIT
 
 # --- Build and stage ---------------------------------------------------------------
 step "building lazarus (release)"
-(cd "$REPO" && cargo build --release -p lazarus-shim)
+(cd "$REPO" && cargo build --release -p lazarus-daemon -p lazarus-runc)
 
 step "staging binaries, CRIU $criu_version and units in $STAGE"
 rm -rf "$STAGE"

@@ -405,7 +405,7 @@ start_services() {
 do_install() {
   local units_before binaries_changed units_changed
   for b in lazarus lazarus-runc; do
-    [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b not found: build with 'cargo build --release -p lazarus-shim' or give --bin-dir"
+    [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b not found: build with 'cargo build --release -p lazarus-daemon -p lazarus-runc' or give --bin-dir"
   done
   say "installing lazarus into ${ROOT:-/} (binaries in $BIN)"
   for b in lazarus lazarus-runc; do

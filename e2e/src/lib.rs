@@ -113,7 +113,7 @@ pub fn lazarus_bin() -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = !cfg!(debug_assertions);
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(repo_root()).args(["build", "--quiet", "-p", "lazarus-shim", "--bin", "lazarus"]);
+        cmd.current_dir(repo_root()).args(["build", "--quiet", "-p", "lazarus-daemon", "--bin", "lazarus"]);
         if release {
             cmd.arg("--release");
         }
@@ -148,7 +148,7 @@ pub fn install_runc_wrapper() -> Result<PathBuf> {
                         "build",
                         "--quiet",
                         "-p",
-                        "lazarus-shim",
+                        "lazarus-runc",
                         "--bin",
                         "lazarus-runc",
                     ]);

@@ -103,14 +103,14 @@ CRIU_BUILD_PACKAGES="gcc make pkg-config patch xz-utils
 # What the built criu binary links against (its DT_NEEDED libraries' packages,
 # checked after every build by criu_runtime_check): kept on the host.
 CRIU_RUNTIME_PACKAGES="libc6 libbsd0 libgnutls30 libnftables1 libprotobuf-c1 libnl-3-200 libnet1 libuuid1"
-# The Rust workspace's system needs: protoc (proto/build.rs), a C compiler and
+# The Rust workspace's system needs: protoc (crates/proto/build.rs), a C compiler and
 # libc headers (ring and zstd-sys build scripts; rustc links with cc).
 RUST_BUILD_PACKAGES="protobuf-compiler gcc libc6-dev"
 
 # bookworm packages the test bed needs (prometheus for its promtool, which checks the
 # scraped metrics in e2e/tests/metrics.rs; systemd for systemd-analyze and
 # systemd-socket-activate, shellcheck for the node scripts: e2e/tests/install.rs,
-# shim/tests/systemd.rs; debootstrap for the minbase root CRIU is built in).
+# crates/daemon/tests/systemd.rs; debootstrap for the minbase root CRIU is built in).
 PACKAGES="containerd runc containernetworking-plugins iptables busybox-static
   docker-registry protobuf-compiler curl python3 ca-certificates openssl iproute2 patch prometheus
   util-linux xz-utils gcc make pkg-config
@@ -616,7 +616,7 @@ build_in_minbase() {
 }
 
 # `cargo check` of the whole workspace (every build script runs: protoc for
-# proto/, cc for ring and zstd-sys, and links) in the build root after
+# crates/proto/, cc for ring and zstd-sys, and links) in the build root after
 # RUST_BUILD_PACKAGES are added, with the host's Rust toolchain and crate cache
 # mounted in.
 rust_workspace_check() {
@@ -1216,9 +1216,10 @@ cmd_up() {
   select_flavor "$flavor"
   install_packages
   ensure_criu
-  if [ "$FLAVOR" = 2.1 ]; then
-    ensure_containerd21
-  fi
+  # Both flavours' binaries, whichever one runs: the install test checks the
+  # containerd config snippets with 1.6's and 2.1's own `config dump` (a fresh
+  # machine that had only ever run `up --containerd 1.6` failed it).
+  ensure_containerd21
   ensure_containerd
   ensure_registry
   build_and_publish_images

@@ -45,7 +45,7 @@ fn run_client(python: &str, bed: &Testbed, endpoint: &Path, pod: &str, log_dir: 
         .arg("--endpoint")
         .arg(format!("unix://{}", endpoint.display()))
         .arg("--proto")
-        .arg(root.join("proto/vendor/cri-api/api.proto"))
+        .arg(root.join("crates/proto/vendor/cri-api/api.proto"))
         .args(["--image", bed.workload_image()?, "--pod", pod, "--namespace", NAMESPACE, "--flavor", bed.flavor()])
         .arg("--log-dir")
         .arg(log_dir)

@@ -22,7 +22,7 @@ fn bin_dir(dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = !cfg!(debug_assertions);
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root()).args(["build", "--quiet", "-p", "lazarus-shim", "--bins"]);
+    cmd.current_dir(repo_root()).args(["build", "--quiet", "-p", "lazarus-daemon", "-p", "lazarus-runc", "--bins"]);
     if release {
         cmd.arg("--release");
     }

@@ -1,0 +1,146 @@
+//! Checkpoint before stop: kubelet's `StopContainer` for a container of a pod
+//! annotated `lazarus.dev/checkpoint-on-stop: "true"` first takes a
+//! checkpoint — within the grace period kubelet passed — and then the stop
+//! goes on, whatever happened to the checkpoint.
+//!
+//! From the moment `StopContainer` arrives for a container of a pod lazarus
+//! checkpoints (on stop or periodically), the container is marked
+//! `stopping`: no periodic or manual checkpoint of it is taken any more, so
+//! the checkpoint before the stop (or, without one, the last periodic one)
+//! is what `latest` comes back to — never a state in the middle of the
+//! program's shutdown.
+
+use std::time::Duration;
+
+use lazarus_proto::v1;
+
+use super::Checkpointer;
+use crate::metrics::Trigger;
+use lazarus_format::annotations as ann;
+
+/// Time left for the stop itself after the checkpoint's share of the grace period.
+const STOP_RESERVE: Duration = Duration::from_secs(2);
+
+/// Whether the pod asks for a checkpoint on stop; a malformed value is
+/// rejected (logged) and treated as "no".
+pub fn wants_checkpoint_on_stop(annotations: &std::collections::HashMap<String, String>) -> bool {
+    match annotations.get(ann::CHECKPOINT_ON_STOP).map(|v| v.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            tracing::warn!(
+                annotation = ann::CHECKPOINT_ON_STOP,
+                value = %other,
+                "rejected annotation: expected \"true\" or \"false\"; not checkpointing on stop"
+            );
+            false
+        }
+    }
+}
+
+/// Checkpoints `container_id` if its pod asks for it and it is running,
+/// within `timeout_seconds` (kubelet's grace period) less a reserve for the stop.
+pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, timeout_seconds: i64) {
+    let upstream = engine.upstream();
+    let status: Result<v1::ContainerStatusResponse, _> = upstream
+        .unary(
+            "/runtime.v1.RuntimeService/ContainerStatus",
+            &v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: true },
+            &[],
+        )
+        .await;
+    let Ok(status) = status else { return };
+    let running = status.status.as_ref().is_some_and(|s| s.state == v1::ContainerState::ContainerRunning as i32);
+    let sandbox_id = status
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .and_then(|i| i.get("sandboxID").and_then(|s| s.as_str()).map(str::to_owned));
+    let (true, Some(sandbox_id)) = (running, sandbox_id) else { return };
+    let pod: Result<v1::PodSandboxStatusResponse, _> = upstream
+        .unary(
+            "/runtime.v1.RuntimeService/PodSandboxStatus",
+            &v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id, verbose: false },
+            &[],
+        )
+        .await;
+    let Some(pod) = pod.ok().and_then(|p| p.status) else { return };
+    let pod_name = pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
+    let pod_name = pod_name.as_str();
+    let container = status.status.as_ref().and_then(|s| s.metadata.as_ref()).map_or("", |m| m.name.as_str());
+    let on_stop = wants_checkpoint_on_stop(&pod.annotations);
+    if (on_stop || pod.annotations.contains_key(ann::CHECKPOINT_INTERVAL))
+        && let Err(e) = engine.stopping_markers().set(container_id).await
+    {
+        tracing::error!(
+            pod = pod_name,
+            container,
+            container_id,
+            error = %e,
+            "could not mark the container as stopping; a periodic checkpoint may still be taken during its shutdown"
+        );
+    }
+    if !on_stop {
+        return;
+    }
+    let grace = Duration::from_secs(u64::try_from(timeout_seconds).unwrap_or(0));
+    let budget = grace.saturating_sub(STOP_RESERVE);
+    if budget.is_zero() {
+        engine.metrics().checkpoint_failed(Trigger::Stop, "grace_period");
+        tracing::warn!(
+            pod = pod_name,
+            container,
+            container_id,
+            grace_seconds = timeout_seconds,
+            "grace period too short to checkpoint before stop"
+        );
+        return;
+    }
+    // The checkpoint runs as a task of its own: when the budget runs out it
+    // goes on (and is committed, a consistent state from before the stop),
+    // while the stop waits only for the container to be thawed — a SIGTERM
+    // must never reach a container frozen in the middle of its dump.
+    let (thawed_tx, thawed) = tokio::sync::oneshot::channel();
+    let request = super::CheckpointRequest { trigger: Trigger::Stop, thawed: Some(thawed_tx), ..Default::default() };
+    let (task_engine, task_id) = (engine.clone(), container_id.to_owned());
+    let mut task = tokio::spawn(async move { task_engine.checkpoint_with(&task_id, request).await });
+    match tokio::time::timeout(budget, &mut task).await {
+        Ok(Ok(Ok(checkpoint))) => {
+            tracing::info!(pod = pod_name, container, container_id, reference = %checkpoint.reference, "checkpointed before stop")
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(pod = pod_name, container, container_id, error = %e, "checkpoint before stop failed; stopping anyway")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(pod = pod_name, container, container_id, error = %e, "checkpoint before stop panicked; stopping anyway")
+        }
+        Err(_) => {
+            let _ = thawed.await;
+            tracing::warn!(
+                pod = pod_name,
+                container,
+                container_id,
+                budget_seconds = budget.as_secs(),
+                "checkpoint before stop did not finish within the grace period; stopping now, the checkpoint \
+                 of the state before the stop goes on in the background"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_true_means_yes() {
+        let mut a = std::collections::HashMap::new();
+        assert!(!wants_checkpoint_on_stop(&a));
+        a.insert(ann::CHECKPOINT_ON_STOP.to_owned(), "true".to_owned());
+        assert!(wants_checkpoint_on_stop(&a));
+        for v in ["false", "yes", "1", "TRUE "] {
+            a.insert(ann::CHECKPOINT_ON_STOP.to_owned(), v.to_owned());
+            assert!(!wants_checkpoint_on_stop(&a), "{v}");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Small file-system helpers with one copy each: atomic writes, JSON files,
+//! executables on `PATH`.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Writes `path` atomically: a temporary file next to it, fsynced, renamed
+/// over it; `mode` sets its permissions first. On failure the temporary file
+/// is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, content: &[u8], mode: Option<u32>) -> io::Result<()> {
+    let name = path.file_name().map(OsStr::to_string_lossy).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.lazarus-{}.tmp", std::process::id()));
+    let written = (|| {
+        fs::write(&tmp, content)?;
+        if let Some(mode) = mode {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+        }
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(value).map_err(io::Error::other)?, None)
+}
+
+/// Reads a JSON file; `None` when it is missing or not the JSON expected.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// The first executable regular file `name` in the absolute directories of
+/// `path` (a `PATH` value) that `accept` takes.
+pub fn find_executable(name: &str, path: &OsStr, accept: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    std::env::split_paths(path).filter(|dir| dir.is_absolute()).map(|dir| dir.join(name)).find(|candidate| {
+        fs::metadata(candidate).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            && accept(candidate)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("plan.json");
+        write_json_atomic(&path, &serde_json::json!({"a": 1})).expect("first");
+        write_atomic(&path, b"{\"a\":2}", Some(0o600)).expect("second");
+        assert_eq!(read_json::<serde_json::Value>(&path), Some(serde_json::json!({"a": 2})));
+        assert_eq!(fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("plan.json")]);
+        assert!(write_atomic(&dir.path().join("missing/x"), b"", None).is_err());
+        assert_eq!(read_json::<serde_json::Value>(&dir.path().join("none")), None);
+    }
+
+    #[test]
+    fn path_search_takes_the_first_accepted_executable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            fs::create_dir(d).expect("mkdir");
+        }
+        fs::write(a.join("tool"), b"").expect("write"); // not executable
+        fs::write(b.join("tool"), b"").expect("write");
+        fs::set_permissions(b.join("tool"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path =
+            std::env::join_paths(["relative", a.to_str().expect("utf-8"), b.to_str().expect("utf-8")]).expect("join");
+        assert_eq!(find_executable("tool", &path, |_| true), Some(b.join("tool")));
+        assert_eq!(find_executable("tool", &path, |p| p != b.join("tool")), None);
+        assert_eq!(find_executable("none", &path, |_| true), None);
+    }
+}
