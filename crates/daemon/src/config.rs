@@ -181,6 +181,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 /// Reads and parses a configuration file.
+#[expect(clippy::disallowed_methods, reason = "read once at start-up, before the event loop runs")]
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text, path)

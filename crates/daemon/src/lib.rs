@@ -11,6 +11,7 @@
 //! to this crate; the checkpoint format, the store and the registry client are
 //! crates of their own (`lazarus-format`, `lazarus-store`, `lazarus-registry`).
 
+mod blocking;
 mod checkpoint;
 pub mod cli;
 pub mod config;

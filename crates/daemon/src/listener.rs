@@ -49,6 +49,7 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 
 /// Binds `path`: creates its parent directory, replaces a stale socket file
 /// left by a crashed process, refuses a live one, and sets mode 0660.
+#[expect(clippy::disallowed_methods, reason = "binds the socket once at start-up, before the first call")]
 pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new()
@@ -174,6 +175,7 @@ pub fn activation_index(
 }
 
 /// Removes the socket file at shutdown (only if it is still a socket).
+#[expect(clippy::disallowed_methods, reason = "one unlink at shutdown, after the last call")]
 pub fn remove(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
         && let Err(e) = std::fs::remove_file(path)

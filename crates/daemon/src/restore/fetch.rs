@@ -97,6 +97,7 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher with its cache under `restore_dir`; leftovers of an earlier
     /// run are removed (a partial download never counts).
+    #[expect(clippy::disallowed_methods, reason = "once at start-up, before the first call (server::serve)")]
     pub fn new(client: RegistryClient, restore_dir: &Path) -> Fetcher {
         let cache = restore_dir.join(".cache");
         std::fs::remove_dir_all(&cache).ok();
@@ -165,11 +166,16 @@ impl Fetcher {
             let started = std::time::Instant::now();
             tracing::info!(registry = %repository.registry, repository = %repository.repository, digest = %digest, size, "downloading checkpoint layer");
             let result = match client.pull_blob_to_file(&repository, &digest, Some(size), &partial).await {
-                Ok(_) => std::fs::rename(&partial, &path).map(|()| path.clone()).map_err(|e| FetchError::Cache {
-                    action: "moving the download into the cache",
-                    path: partial.clone(),
-                    source: Arc::new(e),
-                }),
+                Ok(_) => {
+                    let (from, to) = (partial.clone(), path.clone());
+                    #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+                    let moved = crate::blocking::run(move || std::fs::rename(&from, &to)).await;
+                    moved.map(|()| path.clone()).map_err(|e| FetchError::Cache {
+                        action: "moving the download into the cache",
+                        path: partial.clone(),
+                        source: Arc::new(e),
+                    })
+                }
                 Err(e) => Err(FetchError::from(e)),
             };
             match &result {
@@ -186,7 +192,7 @@ impl Fetcher {
     /// Forgets a cached blob once it has been unpacked.
     pub fn release(&self, digest: &str) {
         let path = self.cache.join(digest.replace(':', "-"));
-        std::fs::remove_file(path).ok();
+        crate::blocking::remove_file_later(path);
         self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(digest);
     }
 }
