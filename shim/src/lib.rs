@@ -22,6 +22,7 @@ pub mod registry;
 pub mod restore;
 pub mod rootfs_diff;
 pub mod runc_wrapper;
+pub mod runtime;
 pub mod sd_notify;
 pub mod server;
 pub mod store;

@@ -28,12 +28,12 @@ use super::freeze::{self, FreezeError};
 use super::image::{self, PackageError};
 use super::locks::{self, LockError};
 use super::markers::Markers;
-use crate::containerd_api::{self, CheckpointOptions, CheckpointTaskRequest, CheckpointTaskResponse};
+use crate::containerd_api::CheckpointOptions;
 use crate::metrics::{Metrics, Trigger};
 use crate::registry::{Reference, RegistryClient, RegistryError, RegistrySettings};
 use crate::rootfs_diff;
+use crate::runtime::Runtime;
 use crate::store::{Retention, Store, StoreError};
-use crate::upstream::Upstream;
 
 /// Layer compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -281,7 +281,7 @@ pub struct CheckpointRequest {
 /// The checkpoint engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Checkpointer {
-    upstream: Upstream,
+    runtime: Arc<dyn Runtime>,
     store: Arc<Store>,
     config: Arc<CheckpointerConfig>,
     metrics: Metrics,
@@ -305,15 +305,10 @@ fn now_rfc3339() -> (String, String) {
     crate::timefmt::created_and_tag(SystemTime::now())
 }
 
-const CONTAINER_STATUS: &str = "/runtime.v1.RuntimeService/ContainerStatus";
-const POD_SANDBOX_STATUS: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
-const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
-const VERSION: &str = "/runtime.v1.RuntimeService/Version";
-
 impl Checkpointer {
-    /// An engine over `upstream` storing into `store`.
-    pub fn new(upstream: Upstream, store: Arc<Store>, config: CheckpointerConfig) -> Self {
-        Checkpointer { upstream, store, config: Arc::new(config), metrics: Metrics::new(), registry: Arc::default() }
+    /// An engine over `runtime` storing into `store`.
+    pub fn new(runtime: Arc<dyn Runtime>, store: Arc<Store>, config: CheckpointerConfig) -> Self {
+        Checkpointer { runtime, store, config: Arc::new(config), metrics: Metrics::new(), registry: Arc::default() }
     }
 
     /// Counts into `metrics` (the daemon's registry, shared with the scheduler and the proxy).
@@ -342,8 +337,8 @@ impl Checkpointer {
     }
 
     /// The runtime.
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+    pub fn runtime(&self) -> &dyn Runtime {
+        &*self.runtime
     }
 
     /// The store checkpoints go to.
@@ -368,12 +363,9 @@ impl Checkpointer {
             },
             _ => v1::ContainerFilter { id: container.to_owned(), ..Default::default() },
         };
-        let listed: v1::ListContainersResponse = self
-            .upstream
-            .unary(LIST_CONTAINERS, &v1::ListContainersRequest { filter: Some(filter) }, &[])
-            .await
-            .map_err(|s| runtime_error("ListContainers", container, &s))?;
-        match listed.containers.as_slice() {
+        let listed =
+            self.runtime.list_containers(filter).await.map_err(|s| runtime_error("ListContainers", container, &s))?;
+        match listed.as_slice() {
             [] => Err(CheckpointError::NotFound { container: container.to_owned() }),
             [one] => Ok(one.id.clone()),
             many => Err(CheckpointError::Ambiguous { container: container.to_owned(), count: many.len() }),
@@ -381,12 +373,10 @@ impl Checkpointer {
     }
 
     async fn inspect(&self, container_id: &str) -> Result<Target, CheckpointError> {
-        let request = v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: true };
-        let response: v1::ContainerStatusResponse =
-            self.upstream.unary(CONTAINER_STATUS, &request, &[]).await.map_err(|s| match s.code() {
-                tonic::Code::NotFound => CheckpointError::NotFound { container: container_id.to_owned() },
-                _ => runtime_error("ContainerStatus", container_id, &s),
-            })?;
+        let response = self.runtime.container_status(container_id, true).await.map_err(|s| match s.code() {
+            tonic::Code::NotFound => CheckpointError::NotFound { container: container_id.to_owned() },
+            _ => runtime_error("ContainerStatus", container_id, &s),
+        })?;
         let status = response.status.ok_or_else(|| info_error(container_id, "ContainerStatus without a status"))?;
         if status.state != v1::ContainerState::ContainerRunning as i32 {
             let state = v1::ContainerState::try_from(status.state).map_or("unknown", |s| s.as_str_name());
@@ -408,9 +398,9 @@ impl Checkpointer {
             .ok_or_else(|| info_error(container_id, "no sandboxID in the runtime's container info"))?
             .to_owned();
         let spec = info.get("runtimeSpec").cloned().unwrap_or(serde_json::Value::Null);
-        let pod: v1::PodSandboxStatusResponse = self
-            .upstream
-            .unary(POD_SANDBOX_STATUS, &v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id, verbose: false }, &[])
+        let pod = self
+            .runtime
+            .pod_sandbox_status(&sandbox_id)
             .await
             .map_err(|s| runtime_error("PodSandboxStatus", container_id, &s))?;
         let pod = pod.status.ok_or_else(|| info_error(container_id, "PodSandboxStatus without a status"))?;
@@ -418,23 +408,12 @@ impl Checkpointer {
         if status.image_id.is_empty() {
             // containerd 1.6 does not fill image_id; the image store knows it.
             let spec = v1::ImageSpec { image: status.image_ref.clone(), ..Default::default() };
-            let image: Result<v1::ImageStatusResponse, Status> = self
-                .upstream
-                .unary(
-                    "/runtime.v1.ImageService/ImageStatus",
-                    &v1::ImageStatusRequest { image: Some(spec), verbose: false },
-                    &[],
-                )
-                .await;
+            let image = self.runtime.image_status(&spec).await;
             if let Some(found) = image.ok().and_then(|i| i.image) {
                 status.image_id = found.id;
             }
         }
-        let version: v1::VersionResponse = self
-            .upstream
-            .unary(VERSION, &v1::VersionRequest { version: "v1".into() }, &[])
-            .await
-            .map_err(|s| runtime_error("Version", container_id, &s))?;
+        let version = self.runtime.version().await.map_err(|s| runtime_error("Version", container_id, &s))?;
         Ok(Target {
             id: container_id.to_owned(),
             status,
@@ -482,7 +461,7 @@ impl Checkpointer {
             locks::acquire(&lock_dir, &container_id, self.config.max_concurrent).await?
         };
         // With the lock held, a marker is one an interrupted run left.
-        freeze::thaw_if_abandoned(&self.upstream, &self.frozen_markers(), &container_id).await?;
+        freeze::thaw_if_abandoned(&*self.runtime, &self.frozen_markers(), &container_id).await?;
         if trigger != Trigger::Stop && self.stopping_markers().exists(&container_id).await {
             return Err(CheckpointError::Stopping { container_id });
         }
@@ -770,7 +749,7 @@ impl Checkpointer {
 
     /// Thaws the containers interrupted checkpoints left frozen (at start).
     pub async fn thaw_abandoned(&self) -> usize {
-        freeze::thaw_abandoned(&self.upstream, &self.frozen_markers(), &self.config.run_dir.join("locks")).await
+        freeze::thaw_abandoned(&*self.runtime, &self.frozen_markers(), &self.config.run_dir.join("locks")).await
     }
 
     /// The cut: pause, dump, writable layer, resume — always resume, and
@@ -778,11 +757,11 @@ impl Checkpointer {
     async fn cut(&self, id: &str, pid: u32, images: &Path, work: &Path, tree: &Path) -> Result<Cut, CheckpointError> {
         let markers = self.frozen_markers();
         let frozen_at = Instant::now();
-        freeze::freeze(&self.upstream, &markers, id).await?;
+        freeze::freeze(&*self.runtime, &markers, id).await?;
         let dump_started = Instant::now();
         let captured = self.dump_and_capture(id, pid, images, work, tree).await;
         let dump_time = dump_started.elapsed();
-        let thawed = freeze::thaw(&self.upstream, &markers, id).await;
+        let thawed = freeze::thaw(&*self.runtime, &markers, id).await;
         let frozen_time = frozen_at.elapsed();
         if let Err(e) = &thawed {
             tracing::error!(container_id = id, error = %e, "the container could not be resumed after its checkpoint");
@@ -809,20 +788,7 @@ impl Checkpointer {
             work_path: work.display().to_string(),
             ..Default::default()
         };
-        let request = CheckpointTaskRequest {
-            container_id: id.to_owned(),
-            parent_checkpoint: String::new(),
-            options: Some(options.to_any()),
-        };
-        let dumped: Result<CheckpointTaskResponse, Status> = self
-            .upstream
-            .unary(
-                containerd_api::TASKS_CHECKPOINT,
-                &request,
-                &[("containerd-namespace", containerd_api::K8S_NAMESPACE)],
-            )
-            .await;
-        if let Err(status) = dumped {
+        if let Err(status) = self.runtime.checkpoint_task(id, options).await {
             let log = dump_log_excerpt(&work.join(files::DUMP_LOG));
             return Err(CheckpointError::Criu {
                 container_id: id.to_owned(),

@@ -22,8 +22,8 @@ use crate::checkpoint::annotations as ann;
 use crate::checkpoint::listing;
 use crate::metrics::RestoreResult;
 use crate::registry::Reference;
+use crate::runtime::Runtime;
 use crate::store::Store;
-use crate::upstream::Upstream;
 
 /// Settings of the restore engine.
 #[derive(Debug, Clone)]
@@ -282,7 +282,7 @@ impl Drop for Staged {
 /// The restore engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Restorer {
-    upstream: Upstream,
+    runtime: Arc<dyn Runtime>,
     store: Arc<Store>,
     config: Arc<RestorerConfig>,
     fetcher: Fetcher,
@@ -294,15 +294,13 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(100);
 /// Time kept back from kubelet's deadline to answer before it.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
-const POD_SANDBOX_STATUS: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
-const IMAGE_STATUS: &str = "/runtime.v1.ImageService/ImageStatus";
 const STAGING_PREFIX: &str = ".staging-";
 
 impl Restorer {
-    /// An engine restoring through `upstream` from `store`. Creates the
+    /// An engine restoring through `runtime` from `store`. Creates the
     /// restore dir and removes staging leftovers of an earlier run.
     pub fn new(
-        upstream: Upstream,
+        runtime: Arc<dyn Runtime>,
         store: Arc<Store>,
         config: RestorerConfig,
         registry: crate::registry::RegistryClient,
@@ -317,7 +315,7 @@ impl Restorer {
             }
         }
         let fetcher = Fetcher::new(registry, &config.restore_dir);
-        Ok(Restorer { upstream, store, config: Arc::new(config), fetcher, metrics: crate::metrics::Metrics::new() })
+        Ok(Restorer { runtime, store, config: Arc::new(config), fetcher, metrics: crate::metrics::Metrics::new() })
     }
 
     /// Counts into `metrics` (the daemon's registry).
@@ -458,13 +456,9 @@ impl Restorer {
 
     /// The sandbox must run with lazarus's handler, or the wrapper never sees the container.
     async fn check_handler(&self, sandbox_id: &str) -> Result<(), RestoreError> {
-        let status: v1::PodSandboxStatusResponse = self
-            .upstream
-            .unary(
-                POD_SANDBOX_STATUS,
-                &v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.to_owned(), verbose: false },
-                &[],
-            )
+        let status = self
+            .runtime
+            .pod_sandbox_status(sandbox_id)
             .await
             .map_err(|s| RestoreError::Runtime(format!("PodSandboxStatus {sandbox_id}: {}", s.message())))?;
         let actual = status.status.map(|s| s.runtime_handler).unwrap_or_default();
@@ -480,9 +474,9 @@ impl Restorer {
 
     /// Every identifier of the image the container is created from.
     async fn image_ids(&self, image: &v1::ImageSpec) -> Result<Vec<String>, RestoreError> {
-        let status: v1::ImageStatusResponse = self
-            .upstream
-            .unary(IMAGE_STATUS, &v1::ImageStatusRequest { image: Some(image.clone()), verbose: false }, &[])
+        let status = self
+            .runtime
+            .image_status(image)
             .await
             .map_err(|s| RestoreError::Runtime(format!("ImageStatus {}: {}", image.image, s.message())))?;
         let mut ids = vec![image.image.clone()];
@@ -816,18 +810,25 @@ impl Restorer {
         }
     }
 
+    /// After containerd created the container `container_id` for `staged`:
+    /// the staged tree becomes its restore plan. If that fails the container
+    /// is removed again ([`discard`](Self::discard)): a container promised a
+    /// restore never starts fresh.
+    pub async fn commit(&self, staged: Staged, container_id: &str) -> Result<PathBuf, RestoreError> {
+        match staged.commit(container_id) {
+            Ok(dir) => Ok(dir),
+            Err(err) => {
+                tracing::error!(container_id, error = %err, "the restore plan could not be written; removing the created container");
+                self.discard(container_id).await;
+                Err(err)
+            }
+        }
+    }
+
     /// Removes a container created for a restore that can no longer happen
     /// (its plan could not be written), so it never starts fresh by mistake.
     pub async fn discard(&self, container_id: &str) {
-        let removed: Result<v1::RemoveContainerResponse, _> = self
-            .upstream
-            .unary(
-                "/runtime.v1.RuntimeService/RemoveContainer",
-                &v1::RemoveContainerRequest { container_id: container_id.to_owned() },
-                &[],
-            )
-            .await;
-        if let Err(status) = removed {
+        if let Err(status) = self.runtime.remove_container(container_id).await {
             tracing::error!(container_id, error = %status.message(), "cannot remove a container whose restore plan failed");
         }
         self.removed(container_id);
@@ -844,15 +845,7 @@ impl Restorer {
             .filter(|name| !name.starts_with('.') && plan::valid_container_id(name))
             .collect();
         for id in ids {
-            let status: Result<v1::ContainerStatusResponse, _> = self
-                .upstream
-                .unary(
-                    "/runtime.v1.RuntimeService/ContainerStatus",
-                    &v1::ContainerStatusRequest { container_id: id.clone(), verbose: false },
-                    &[],
-                )
-                .await;
-            match status {
+            match self.runtime.container_status(&id, false).await {
                 Err(status) if status.code() == Code::NotFound => {
                     tracing::info!(container_id = %id, "removing the restore plan of a container that no longer exists");
                     let dir = plan::plan_dir(&self.config.restore_dir, &id);
