@@ -1065,3 +1065,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod seam_tests;
