@@ -1,0 +1,263 @@
+//! The checkpoint engine's rules, against the recording fake runtime and a
+//! store in a temporary directory (no containerd, CRIU or root): the
+//! container is always thawed after it was paused, a container kubelet
+//! stops is not checkpointed any more, and the grace period of a stop bounds
+//! the checkpoint before it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lazarus_proto::v1;
+use tonic::{Code, Status};
+
+use super::annotations::{self as ann, files};
+use super::markers::Markers;
+use super::{CheckpointError, Checkpointer, CheckpointerConfig, Compression};
+use crate::containerd_api::Process;
+use crate::registry::RegistrySettings;
+use crate::runtime::fake::FakeRuntime;
+use crate::store::Store;
+
+/// No process has this id (`pid_max` is at most 2^22): its writable layer cannot be read.
+const NO_SUCH_PID: u64 = 999_999_999;
+
+struct Bed {
+    dir: tempfile::TempDir,
+    fake: Arc<FakeRuntime>,
+    engine: Checkpointer,
+}
+
+impl Bed {
+    fn frozen(&self) -> Markers {
+        Markers::new(&self.dir.path().join("run"), "frozen")
+    }
+
+    fn staging_entries(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("state").join("staging")).map_or(0, |d| d.count())
+    }
+
+    fn failures(&self, reason: &str) -> f64 {
+        let text = self.engine.metrics().encode_prometheus_text();
+        let name = format!("lazarus_checkpoint_failures_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(name.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    }
+}
+
+/// A running container `c1` (`ns/p/app`, sandbox `sb1`) whose pod has `pod_annotations`.
+fn bed(pod_annotations: &[(&str, &str)]) -> Bed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(&dir.path().join("state").join("store")).expect("store"));
+    let fake = FakeRuntime::new();
+    let info = serde_json::json!({"pid": NO_SUCH_PID, "sandboxID": "sb1", "runtimeSpec": {}}).to_string();
+    let annotations = pod_annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    fake.script(|s| {
+        s.list_containers.always(Ok(vec![v1::Container { id: "c1".into(), ..Default::default() }]));
+        s.container_status.always(Ok(v1::ContainerStatusResponse {
+            status: Some(v1::ContainerStatus {
+                id: "c1".into(),
+                state: v1::ContainerState::ContainerRunning as i32,
+                metadata: Some(v1::ContainerMetadata { name: "app".into(), attempt: 0 }),
+                image_id: format!("sha256:{}", "a".repeat(64)),
+                ..Default::default()
+            }),
+            info: [("info".to_owned(), info)].into(),
+            ..Default::default()
+        }));
+        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+            status: Some(v1::PodSandboxStatus {
+                id: "sb1".into(),
+                metadata: Some(v1::PodSandboxMetadata {
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                    attempt: 0,
+                }),
+                annotations,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        s.version.always(Ok(v1::VersionResponse {
+            runtime_name: "containerd".into(),
+            runtime_version: "2.0.0".into(),
+            ..Default::default()
+        }));
+        s.pause_task.always(Ok(()));
+        s.resume_task.always(Ok(()));
+        s.checkpoint_task.always(Ok(()));
+    });
+    let config = CheckpointerConfig {
+        state_dir: dir.path().join("state"),
+        run_dir: dir.path().join("run"),
+        max_concurrent: 2,
+        compression: Compression::Zstd,
+        store_max_size: None,
+        registry: RegistrySettings::default(),
+    };
+    let engine = Checkpointer::new(fake.clone(), store, config);
+    Bed { dir, fake, engine }
+}
+
+/// Writes what a failed CRIU dump leaves: its log in the work directory.
+fn failing_dump_leaves_its_log(bed: &Bed) {
+    bed.fake.script(|s| {
+        s.checkpoint_task.always(Err(Status::unknown("criu failed: type NOTIFY errno 0")));
+        s.dump_hook = Some(Arc::new(|options| {
+            let log = std::path::Path::new(&options.work_path).join(files::DUMP_LOG);
+            std::fs::write(log, "(00.001) Dumping\n(00.002) Error (criu/sk-unix.c:1): unix: external socket\n")
+                .expect("dump.log");
+        }));
+    });
+}
+
+const INSPECTED: [&str; 4] = ["ListContainers c1", "ContainerStatus c1", "PodSandboxStatus sb1", "Version"];
+
+fn calls_after_inspect(bed: &Bed) -> Vec<String> {
+    let calls = bed.fake.calls();
+    assert_eq!(calls[..INSPECTED.len()], INSPECTED, "{calls:?}");
+    calls[INSPECTED.len()..].to_vec()
+}
+
+#[tokio::test]
+async fn a_failed_dump_still_thaws_the_container() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails");
+    assert!(matches!(err, CheckpointError::Criu { .. }), "{err}");
+    assert_eq!(calls_after_inspect(&bed), ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"]);
+    let text = err.to_string();
+    assert!(text.starts_with("CRIU dump of container c1 failed: criu failed: type NOTIFY errno 0"), "{text}");
+    assert!(text.contains("Error (criu/sk-unix.c:1): unix: external socket"), "the log excerpt: {text}");
+    assert_eq!(Status::from(err).code(), Code::Internal);
+    assert!(!bed.frozen().exists("c1").await, "thawed: no frozen marker");
+    assert_eq!(bed.staging_entries(), 0, "staging removed");
+    assert_eq!(bed.failures("criu"), 1.0);
+}
+
+#[tokio::test]
+async fn a_failed_writable_layer_after_the_dump_still_thaws_the_container() {
+    let bed = bed(&[]);
+    bed.fake.script(|s| {
+        // The files CRIU leaves in the image path it was given.
+        s.dump_hook = Some(Arc::new(|options| {
+            std::fs::write(std::path::Path::new(&options.image_path).join("pages-1.img"), b"pages").expect("image");
+        }));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("no writable layer");
+    assert_eq!(err.reason(), "rootfs", "{err}");
+    assert!(err.to_string().starts_with("capturing the writable layer of container c1: "), "{err}");
+    assert_eq!(calls_after_inspect(&bed), ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"]);
+    assert!(!bed.frozen().exists("c1").await);
+    assert_eq!(bed.staging_entries(), 0);
+    assert!(bed.engine.store().list().expect("list").is_empty(), "nothing committed");
+}
+
+#[tokio::test]
+async fn a_failed_pause_dumps_nothing_and_resumes_nothing() {
+    let bed = bed(&[]);
+    bed.fake.script(|s| {
+        s.pause_task.always(Err(Status::failed_precondition("task is not running")));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("not paused");
+    assert_eq!(err.reason(), "freeze");
+    assert_eq!(err.to_string(), "pausing container c1 for the checkpoint: FailedPrecondition: task is not running");
+    assert_eq!(calls_after_inspect(&bed), ["PauseTask c1"]);
+    assert!(!bed.frozen().exists("c1").await);
+}
+
+#[tokio::test]
+async fn a_resume_that_fails_is_retried_while_the_task_is_paused() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| {
+        s.resume_task.then(Err(Status::unavailable("shim busy"))).then(Ok(()));
+        s.task_status.always(Ok(Process::PAUSED));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails");
+    assert_eq!(err.reason(), "criu");
+    assert_eq!(
+        calls_after_inspect(&bed),
+        ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1", "TaskStatus c1", "ResumeTask c1"]
+    );
+    assert!(!bed.frozen().exists("c1").await);
+}
+
+#[tokio::test]
+async fn a_container_left_frozen_is_thawed_by_its_next_checkpoint_first() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| {
+        s.resume_task.always(Err(Status::unavailable("shim gone")));
+        s.task_status.always(Ok(Process::PAUSED));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails");
+    assert_eq!(err.reason(), "criu", "the dump's failure is the one reported");
+    let resumes = bed.fake.calls().iter().filter(|c| *c == "ResumeTask c1").count();
+    assert_eq!(resumes, 5, "tried five times");
+    assert!(bed.frozen().exists("c1").await, "still frozen: the marker stays");
+
+    bed.fake.script(|s| {
+        s.resume_task.always(Ok(()));
+    });
+    let before = bed.fake.calls().len();
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails again");
+    assert_eq!(err.reason(), "criu");
+    let calls = bed.fake.calls()[before..].to_vec();
+    assert_eq!(
+        calls,
+        [
+            "ListContainers c1",
+            "ResumeTask c1", // the abandoned freeze, before anything else
+            "ContainerStatus c1",
+            "PodSandboxStatus sb1",
+            "Version",
+            "PauseTask c1",
+            "CheckpointTask c1",
+            "ResumeTask c1",
+        ]
+    );
+    assert!(!bed.frozen().exists("c1").await);
+}
+
+#[tokio::test]
+async fn a_container_being_stopped_is_not_checkpointed_any_more() {
+    let bed = bed(&[]);
+    bed.engine.stopping_markers().set("c1").await.expect("marker");
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("stopping");
+    assert_eq!(err.reason(), "stopping");
+    assert_eq!(Status::from(err).code(), Code::FailedPrecondition);
+    assert_eq!(bed.fake.calls(), ["ListContainers c1"], "not even inspected");
+}
+
+#[tokio::test]
+async fn a_grace_period_too_short_for_a_checkpoint_stops_without_one() {
+    let bed = bed(&[(ann::CHECKPOINT_ON_STOP, "true")]);
+    // 2 s is all the reserve the stop itself keeps.
+    super::on_stop::checkpoint_before_stop(&bed.engine, "c1", 2).await;
+    assert_eq!(bed.fake.calls(), ["ContainerStatus c1", "PodSandboxStatus sb1"], "no pause, no dump");
+    assert!(bed.engine.stopping_markers().exists("c1").await, "no checkpoint of it from now on");
+    assert_eq!(bed.failures("grace_period"), 1.0);
+}
+
+#[tokio::test]
+async fn a_stop_waits_for_the_thaw_when_its_grace_period_runs_out_during_the_dump() {
+    let bed = bed(&[(ann::CHECKPOINT_ON_STOP, "true")]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| s.dump_delay = Duration::from_millis(2500));
+    let started = Instant::now();
+    // 3 s of grace: 1 s for the checkpoint, which takes longer.
+    super::on_stop::checkpoint_before_stop(&bed.engine, "c1", 3).await;
+    let elapsed = started.elapsed();
+    let calls = bed.fake.calls();
+    assert_eq!(calls.last().map(String::as_str), Some("ResumeTask c1"), "the stop goes on once thawed: {calls:?}");
+    assert!(calls.iter().any(|c| c == "CheckpointTask c1"), "{calls:?}");
+    assert!(elapsed >= Duration::from_millis(2500), "waited for the thaw: {elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_pod_that_does_not_ask_is_not_checkpointed_on_stop() {
+    let bed = bed(&[]);
+    super::on_stop::checkpoint_before_stop(&bed.engine, "c1", 30).await;
+    assert_eq!(bed.fake.calls(), ["ContainerStatus c1", "PodSandboxStatus sb1"]);
+    assert!(!bed.engine.stopping_markers().exists("c1").await);
+}
