@@ -61,7 +61,6 @@ fn bed(pod_annotations: &[(&str, &str)]) -> Bed {
                 ..Default::default()
             }),
             info: [("info".to_owned(), info)].into(),
-            ..Default::default()
         }));
         s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
             status: Some(v1::PodSandboxStatus {
