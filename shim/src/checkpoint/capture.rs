@@ -18,12 +18,10 @@
 //! directory), `side_files` (3), `commit` (4) and `push` (5); this module
 //! holds the engine, its errors and the order of the phases.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use lazarus_proto::v1;
 use tonic::Status;
 
 use super::annotations::{self as ann, files};

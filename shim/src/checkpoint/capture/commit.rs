@@ -3,6 +3,7 @@
 use super::*;
 use crate::checkpoint::image;
 use crate::store::Retention;
+use std::collections::BTreeMap;
 
 /// What one commit is about.
 pub(super) struct Commit<'a> {

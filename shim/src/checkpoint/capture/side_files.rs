@@ -3,6 +3,10 @@
 
 use super::target::Target;
 use super::*;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use lazarus_proto::v1;
 use serde_json::json;
 
 /// Now as a `created` annotation and a time tag (formats in [`crate::timefmt`]).

@@ -1,6 +1,7 @@
 //! Finding the container to checkpoint and what the runtime tells about it.
 
 use super::*;
+use lazarus_proto::v1;
 
 /// Everything the runtime tells about a container.
 #[derive(Debug)]

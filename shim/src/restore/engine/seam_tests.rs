@@ -9,9 +9,14 @@ use lazarus_proto::v1;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
+use super::outcome::record_failure;
 use super::*;
+use oci_spec::image::ImageManifest;
+
 use crate::checkpoint::Compression;
+use crate::checkpoint::annotations as ann;
 use crate::registry::{RegistryClient, RegistrySettings};
+use crate::restore::plan::Origin;
 use crate::runtime::fake::FakeRuntime;
 
 const HANDLER: &str = "lazarus";
