@@ -300,12 +300,40 @@ pub struct Checkpointer {
     metrics: Metrics,
     /// Built on the first push (reads the system's CA certificates).
     registry: Arc<tokio::sync::OnceCell<RegistryClient>>,
+    /// Where a container's writable layer is, by its process id.
+    upperdir: UpperDir,
+}
+
+/// Finds the overlay upper directory of a container by its process id:
+/// [`rootfs_diff::overlay_upperdir`], or in tests a directory of the test's.
+#[derive(Clone)]
+struct UpperDir(Arc<dyn Fn(u32) -> Result<PathBuf, rootfs_diff::RootfsDiffError> + Send + Sync>);
+
+impl std::fmt::Debug for UpperDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpperDir")
+    }
 }
 
 impl Checkpointer {
     /// An engine over `runtime` storing into `store`.
     pub fn new(runtime: Arc<dyn Runtime>, store: Arc<Store>, config: CheckpointerConfig) -> Self {
-        Checkpointer { runtime, store, config: Arc::new(config), metrics: Metrics::new(), registry: Arc::default() }
+        Checkpointer {
+            runtime,
+            store,
+            config: Arc::new(config),
+            metrics: Metrics::new(),
+            registry: Arc::default(),
+            upperdir: UpperDir(Arc::new(rootfs_diff::overlay_upperdir)),
+        }
+    }
+
+    /// Reads every container's writable layer from `dir` (tests: no overlay, no root).
+    #[cfg(test)]
+    pub(crate) fn with_upperdir(mut self, dir: &Path) -> Self {
+        let dir = dir.to_owned();
+        self.upperdir = UpperDir(Arc::new(move |_pid| Ok(dir.clone())));
+        self
     }
 
     /// Counts into `metrics` (the daemon's registry, shared with the scheduler and the proxy).

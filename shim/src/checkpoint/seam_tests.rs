@@ -260,3 +260,106 @@ async fn a_pod_that_does_not_ask_is_not_checkpointed_on_stop() {
     assert_eq!(bed.fake.calls(), ["ContainerStatus c1", "PodSandboxStatus sb1"]);
     assert!(!bed.engine.stopping_markers().exists("c1").await);
 }
+
+/// Writes what a successful CRIU dump leaves: an image in the image path.
+fn dump_leaves_images(bed: &Bed) {
+    bed.fake.script(|s| {
+        s.dump_hook = Some(Arc::new(|options| {
+            let images = std::path::Path::new(&options.image_path);
+            std::fs::write(images.join("pages-1.img"), b"pages").expect("image");
+            std::fs::write(images.join("inventory.img"), b"inventory").expect("image");
+        }));
+    });
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_committed_pruned_to_keep_and_restorable_by_latest() {
+    let bed = bed(&[]);
+    dump_leaves_images(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(upper.join("var")).expect("upper");
+    std::fs::write(upper.join("var").join("state.txt"), b"written by the program").expect("file");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(engine.checkpoint("c1", Some(2)).await.expect("checkpoint"));
+        // Tags have millisecond resolution.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let newest = taken.last().expect("three");
+    assert_eq!(newest.key, "ns/p/app");
+    assert_eq!(newest.reference, format!("local:ns/p/app:{}@{}", newest.tag, newest.digest));
+    assert_eq!((taken[0].pruned, taken[1].pruned, taken[2].pruned), (0, 0, 1), "keep 2");
+    assert_eq!((newest.pushed.as_deref(), newest.push_error.as_deref()), (None, None), "no repository");
+    let listed = engine.store().list().expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|e| e.annotation(ann::CONTAINER_KEY) == Some("ns/p/app")));
+    assert!(!listed.iter().any(|e| e.digest() == taken[0].digest), "the oldest went");
+    assert_eq!(bed.staging_entries(), 0);
+    assert!(!bed.frozen().exists("c1").await);
+    let calls = bed.fake.calls();
+    let cut: Vec<&str> = calls.iter().map(String::as_str).filter(|c| c.ends_with("Task c1")).collect();
+    assert_eq!(cut, ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"].repeat(3));
+
+    // What was committed restores: `latest` stages the newest one, with the
+    // images CRIU left and the writable layer.
+    let runtime = FakeRuntime::new();
+    runtime.script(|s| {
+        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+            status: Some(v1::PodSandboxStatus { runtime_handler: "lazarus".into(), ..Default::default() }),
+            ..Default::default()
+        }));
+        s.image_status.always(Ok(v1::ImageStatusResponse {
+            image: Some(v1::Image { id: format!("sha256:{}", "a".repeat(64)), ..Default::default() }),
+            ..Default::default()
+        }));
+    });
+    let config = crate::restore::RestorerConfig {
+        restore_dir: bed.dir.path().join("restore"),
+        runtime_handler: "lazarus".into(),
+        allowed_registries: Vec::new(),
+        allowed_dirs: Vec::new(),
+        cross_namespace_sources: Vec::new(),
+        failures_file: bed.dir.path().join("restore-failures.json"),
+    };
+    let registry = crate::registry::RegistryClient::new(RegistrySettings::default()).expect("client");
+    let restorer =
+        crate::restore::Restorer::new(runtime.clone(), engine.store().clone(), config, registry).expect("restorer");
+    let request = v1::CreateContainerRequest {
+        pod_sandbox_id: "sb1".into(),
+        config: Some(v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata { name: "app".into(), attempt: 1 }),
+            image: Some(v1::ImageSpec { image: "docker.io/library/app:1".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        sandbox_config: Some(v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata { name: "p".into(), namespace: "ns".into(), ..Default::default() }),
+            annotations: [
+                ("lazarus.dev/restore-from".to_owned(), "latest".to_owned()),
+                ("lazarus.dev/restore-policy".to_owned(), "required".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        }),
+    };
+    let staged = match restorer.prepare(&request, None).await {
+        Ok(Some(staged)) => staged,
+        Ok(None) => panic!("a fresh start"),
+        Err(e) => panic!("not restorable: {e}"),
+    };
+    assert_eq!(staged.source(), newest.reference);
+    let plan = restorer.commit(staged, "c2").await.expect("plan");
+    let tree = plan.join("tree");
+    assert_eq!(std::fs::read(tree.join(files::CHECKPOINT_DIR).join("pages-1.img")).expect("images"), b"pages");
+    let diff = std::fs::File::open(tree.join(files::ROOTFS_DIFF)).expect("rootfs diff");
+    let mut archive = tar::Archive::new(diff);
+    let paths: Vec<String> = archive
+        .entries()
+        .expect("entries")
+        .map(|e| e.expect("entry").path().expect("path").display().to_string())
+        .collect();
+    assert!(paths.iter().any(|p| p.trim_start_matches("./") == "var/state.txt"), "{paths:?}");
+    assert!(tree.join(files::SPEC_DUMP).is_file() && tree.join(files::CONFIG_DUMP).is_file());
+    assert!(!runtime.calls().iter().any(|c| c.starts_with("RemoveContainer")));
+}

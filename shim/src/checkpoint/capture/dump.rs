@@ -62,8 +62,8 @@ impl Checkpointer {
 
     /// The writable layer's changes: `rootfs-diff.tar` and `deleted.files`.
     async fn capture_writable_layer(&self, id: &str, pid: u32, tree: &Path) -> Result<(), CheckpointError> {
-        let upper = rootfs_diff::overlay_upperdir(pid)
-            .map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })?;
+        let upper =
+            (self.upperdir.0)(pid).map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })?;
         let diff_path = tree.join(files::ROOTFS_DIFF);
         let deleted_path = tree.join(files::DELETED_FILES);
         let (diff_path2, id2) = (diff_path.clone(), id.to_owned());
