@@ -363,3 +363,17 @@ async fn a_checkpoint_is_committed_pruned_to_keep_and_restorable_by_latest() {
     assert!(tree.join(files::SPEC_DUMP).is_file() && tree.join(files::CONFIG_DUMP).is_file());
     assert!(!runtime.calls().iter().any(|c| c.starts_with("RemoveContainer")));
 }
+
+#[tokio::test]
+async fn a_malformed_repository_keeps_the_local_checkpoint_and_pushes_nothing() {
+    let bed = bed(&[(ann::CHECKPOINT_REPOSITORY, "team/job")]);
+    dump_leaves_images(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(&upper).expect("upper");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+    let checkpoint = engine.checkpoint("c1", None).await.expect("the local checkpoint");
+    assert_eq!(checkpoint.pushed, None);
+    let error = checkpoint.push_error.expect("the push is refused");
+    assert!(error.starts_with("lazarus.dev/checkpoint-repository=\"team/job\" rejected: "), "{error}");
+    assert_eq!(engine.store().list().expect("list").len(), 1);
+}

@@ -9,7 +9,7 @@ use lazarus_proto::v1;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
-use super::outcome::record_failure;
+use super::outcome::{failed_checkpoints, record_failure};
 use super::*;
 use oci_spec::image::ImageManifest;
 
@@ -326,4 +326,69 @@ async fn a_runtime_that_cannot_be_asked_is_unavailable() {
     let err = bed.restorer.prepare(&request, None).await.expect_err("refused");
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(err.to_string(), "asking the runtime: PodSandboxStatus sb1: connection refused");
+}
+
+#[tokio::test]
+async fn a_failed_start_is_remembered_and_latest_skips_it_next_time() {
+    let bed = bed();
+    let digest = commit_checkpoint(&bed.store, "2026-11-22T00:00:01.000Z", "t1");
+    let request = create_request(&[(ra::RESTORE_FROM, "latest"), (ra::RESTORE_POLICY, "required")]);
+    let staged = expect_staged(bed.restorer.prepare(&request, None).await);
+    bed.restorer.commit(staged, "c1").await.expect("plan");
+    bed.restorer.started("c1", Some("runc restore: criu failed"));
+    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app"), vec![digest.clone()]);
+
+    let err = bed.restorer.prepare(&request, None).await.expect_err("the only one failed before");
+    assert_eq!(
+        err.to_string(),
+        format!("no usable checkpoint for latest: local:ns/p/app:t1@{digest}: its restore failed before")
+    );
+    // A start that succeeded is not remembered.
+    let other = commit_checkpoint(&bed.store, "2026-11-22T00:00:02.000Z", "t2");
+    let staged = expect_staged(bed.restorer.prepare(&request, None).await);
+    assert_eq!(staged.origin.checkpoint, other);
+    bed.restorer.commit(staged, "c2").await.expect("plan");
+    bed.restorer.started("c2", None);
+    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app"), vec![digest]);
+}
+
+#[tokio::test]
+async fn stale_plans_go_only_when_the_runtime_says_the_container_is_gone() {
+    let bed = bed();
+    let restore_dir = bed.restorer.config.restore_dir.clone();
+    for id in ["gone", "alive"] {
+        std::fs::create_dir_all(plan::plan_dir(&restore_dir, id)).expect("plan dir");
+    }
+    // `alive` is known to the runtime, `gone` is not; answered in the order they are asked.
+    let listed: Vec<String> = std::fs::read_dir(&restore_dir)
+        .expect("dir")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    bed.fake.script(|s| {
+        for name in &listed {
+            let answer = if name == "alive" {
+                Ok(v1::ContainerStatusResponse::default())
+            } else {
+                Err(Status::not_found("no such container"))
+            };
+            s.container_status.then(answer);
+        }
+    });
+    bed.restorer.sweep_stale_plans().await;
+    assert!(!plan::plan_dir(&restore_dir, "gone").exists());
+    assert!(plan::plan_dir(&restore_dir, "alive").exists());
+    let mut calls = bed.fake.calls();
+    calls.sort();
+    assert_eq!(calls, ["ContainerStatus alive", "ContainerStatus gone"]);
+
+    // A runtime that cannot be asked leaves every plan in place.
+    std::fs::create_dir_all(plan::plan_dir(&restore_dir, "unknown")).expect("plan dir");
+    bed.fake.script(|s| {
+        s.container_status.always(Err(Status::unavailable("connection refused")));
+    });
+    bed.restorer.sweep_stale_plans().await;
+    assert!(plan::plan_dir(&restore_dir, "unknown").exists());
+    assert!(plan::plan_dir(&restore_dir, "alive").exists());
 }
