@@ -110,10 +110,9 @@ where
             let staged = restorer.prepare(&req, call.deadline()).await.map_err(|e| restore_error(&req, e))?;
             let response = call.forward::<v1::CreateContainerResponse>(upstream).await?;
             if let (Some(staged), Some(created)) = (staged, &response.message)
-                && let Err(source) = staged.commit(&created.container_id)
+                && let Err(source) = restorer.commit(staged, &created.container_id).await
             {
-                // Never let it start fresh when a restore was promised: take it back.
-                restorer.discard(&created.container_id).await;
+                // Never let it start fresh when a restore was promised: it was taken back.
                 return Err(restore_error(&req, source));
             }
             Ok(response.into_http())

@@ -27,6 +27,7 @@ mod metrics_server;
 mod passthrough;
 mod proxy;
 mod restore;
+mod runtime;
 mod sd_notify;
 pub mod server;
 mod upstream;

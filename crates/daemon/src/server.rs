@@ -75,22 +75,19 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     let store = lazarus_store::Store::open(&config.state_dir.join("store")).map_err(ServeError::Store)?;
     let store = std::sync::Arc::new(store);
     let metrics = crate::metrics::Metrics::new();
+    let runtime: std::sync::Arc<dyn crate::runtime::Runtime> = std::sync::Arc::new(upstream.clone());
     let engine = crate::checkpoint::Checkpointer::new(
-        upstream.clone(),
+        runtime.clone(),
         store.clone(),
         crate::checkpoint::CheckpointerConfig::from(config),
     )
     .with_metrics(metrics.clone());
     // Built now (system and registry_ca_files certificates): unusable CA files stop the daemon at start.
     let registry = engine.registry_client().await.map_err(ServeError::Registry)?;
-    let restorer = crate::restore::Restorer::new(
-        upstream.clone(),
-        store.clone(),
-        crate::restore::RestorerConfig::from(config),
-        registry,
-    )
-    .map_err(ServeError::Restore)?
-    .with_metrics(metrics.clone());
+    let restorer =
+        crate::restore::Restorer::new(runtime, store.clone(), crate::restore::RestorerConfig::from(config), registry)
+            .map_err(ServeError::Restore)?
+            .with_metrics(metrics.clone());
     tokio::spawn({
         let restorer = restorer.clone();
         async move { restorer.sweep_stale_plans().await }

@@ -21,8 +21,8 @@ use std::time::Duration;
 use tonic::Status;
 
 use super::markers::Markers;
-use crate::containerd_api::{self, Empty, GetTaskResponse, Process, TaskRequest};
-use crate::upstream::Upstream;
+use crate::containerd_api::Process;
+use crate::runtime::Runtime;
 
 /// How often a failed resume is tried again before giving up.
 const RESUME_ATTEMPTS: u32 = 5;
@@ -61,31 +61,20 @@ fn status_text(status: &Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
-const NAMESPACE: [(&str, &str); 1] = [("containerd-namespace", containerd_api::K8S_NAMESPACE)];
-
-async fn task_call(upstream: &Upstream, path: &str, container_id: &str) -> Result<(), Status> {
-    let request = TaskRequest { container_id: container_id.to_owned() };
-    upstream.unary::<TaskRequest, Empty>(path, &request, &NAMESPACE).await.map(|_| ())
-}
-
 /// Whether containerd reports the task paused (or pausing). A task that is
 /// gone is not paused.
-async fn is_paused(upstream: &Upstream, container_id: &str) -> Result<bool, Status> {
-    let request = TaskRequest { container_id: container_id.to_owned() };
-    match upstream.unary::<TaskRequest, GetTaskResponse>(containerd_api::TASKS_GET, &request, &NAMESPACE).await {
-        Ok(response) => {
-            let status = response.process.map_or(0, |p| p.status);
-            Ok(status == Process::PAUSED || status == Process::PAUSING)
-        }
+async fn is_paused(runtime: &dyn Runtime, container_id: &str) -> Result<bool, Status> {
+    match runtime.task_status(container_id).await {
+        Ok(status) => Ok(status == Process::PAUSED || status == Process::PAUSING),
         Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
         Err(status) => Err(status),
     }
 }
 
 /// Freezes `container_id` (marker first, then `Tasks.Pause`).
-pub async fn freeze(upstream: &Upstream, markers: &Markers, container_id: &str) -> Result<(), FreezeError> {
+pub async fn freeze(runtime: &dyn Runtime, markers: &Markers, container_id: &str) -> Result<(), FreezeError> {
     markers.set(container_id).await.map_err(FreezeError::Marker)?;
-    if let Err(status) = task_call(upstream, containerd_api::TASKS_PAUSE, container_id).await {
+    if let Err(status) = runtime.pause_task(container_id).await {
         markers.clear(container_id).await;
         return Err(FreezeError::Pause { container_id: container_id.to_owned(), status: status_text(&status) });
     }
@@ -95,10 +84,10 @@ pub async fn freeze(upstream: &Upstream, markers: &Markers, container_id: &str) 
 /// Thaws `container_id` (`Tasks.Resume`, tried again while containerd still
 /// reports it paused), then removes its marker. The marker stays when the
 /// container could not be thawed, so it is tried again later.
-pub async fn thaw(upstream: &Upstream, markers: &Markers, container_id: &str) -> Result<(), FreezeError> {
+pub async fn thaw(runtime: &dyn Runtime, markers: &Markers, container_id: &str) -> Result<(), FreezeError> {
     let mut last = String::new();
     for attempt in 1..=RESUME_ATTEMPTS {
-        match task_call(upstream, containerd_api::TASKS_RESUME, container_id).await {
+        match runtime.resume_task(container_id).await {
             Ok(()) => {
                 markers.clear(container_id).await;
                 return Ok(());
@@ -106,7 +95,7 @@ pub async fn thaw(upstream: &Upstream, markers: &Markers, container_id: &str) ->
             Err(status) => {
                 last = status_text(&status);
                 // "cannot resume a running process", a task that is gone: not frozen.
-                if let Ok(false) = is_paused(upstream, container_id).await {
+                if let Ok(false) = is_paused(runtime, container_id).await {
                     markers.clear(container_id).await;
                     return Ok(());
                 }
@@ -121,22 +110,26 @@ pub async fn thaw(upstream: &Upstream, markers: &Markers, container_id: &str) ->
 /// Thaws `container_id` if a marker says a checkpoint left it frozen. Call
 /// with the container's checkpoint lock held (so the marker is not one of a
 /// checkpoint still running).
-pub async fn thaw_if_abandoned(upstream: &Upstream, markers: &Markers, container_id: &str) -> Result<(), FreezeError> {
+pub async fn thaw_if_abandoned(
+    runtime: &dyn Runtime,
+    markers: &Markers,
+    container_id: &str,
+) -> Result<(), FreezeError> {
     if !markers.exists(container_id).await {
         return Ok(());
     }
     tracing::warn!(container_id, "an interrupted checkpoint left the container frozen; thawing it");
-    thaw(upstream, markers, container_id).await
+    thaw(runtime, markers, container_id).await
 }
 
 /// Thaws every container an interrupted checkpoint left frozen, skipping
 /// those whose checkpoint is still running (their lock is held). Returns how
 /// many were thawed.
-pub async fn thaw_abandoned(upstream: &Upstream, markers: &Markers, lock_dir: &Path) -> usize {
+pub async fn thaw_abandoned(runtime: &dyn Runtime, markers: &Markers, lock_dir: &Path) -> usize {
     let mut thawed = 0;
     for container_id in markers.list().await {
         let Ok(_lock) = super::locks::try_container(lock_dir, &container_id) else { continue };
-        match thaw_if_abandoned(upstream, markers, &container_id).await {
+        match thaw_if_abandoned(runtime, markers, &container_id).await {
             Ok(()) => thawed += 1,
             Err(e) => tracing::error!(container_id = %container_id, error = %e, "could not thaw a container"),
         }

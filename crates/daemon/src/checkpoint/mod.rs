@@ -17,5 +17,7 @@ pub mod locks;
 pub mod markers;
 pub mod on_stop;
 pub mod schedule;
+#[cfg(test)]
+mod seam_tests;
 
 pub use capture::{CheckpointError, CheckpointRequest, Checkpointer, CheckpointerConfig, Compression};

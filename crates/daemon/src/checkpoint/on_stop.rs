@@ -41,15 +41,8 @@ pub fn wants_checkpoint_on_stop(annotations: &std::collections::HashMap<String, 
 /// Checkpoints `container_id` if its pod asks for it and it is running,
 /// within `timeout_seconds` (kubelet's grace period) less a reserve for the stop.
 pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, timeout_seconds: i64) {
-    let upstream = engine.upstream();
-    let status: Result<v1::ContainerStatusResponse, _> = upstream
-        .unary(
-            "/runtime.v1.RuntimeService/ContainerStatus",
-            &v1::ContainerStatusRequest { container_id: container_id.to_owned(), verbose: true },
-            &[],
-        )
-        .await;
-    let Ok(status) = status else { return };
+    let runtime = engine.runtime();
+    let Ok(status) = runtime.container_status(container_id, true).await else { return };
     let running = status.status.as_ref().is_some_and(|s| s.state == v1::ContainerState::ContainerRunning as i32);
     let sandbox_id = status
         .info
@@ -57,13 +50,7 @@ pub async fn checkpoint_before_stop(engine: &Checkpointer, container_id: &str, t
         .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
         .and_then(|i| i.get("sandboxID").and_then(|s| s.as_str()).map(str::to_owned));
     let (true, Some(sandbox_id)) = (running, sandbox_id) else { return };
-    let pod: Result<v1::PodSandboxStatusResponse, _> = upstream
-        .unary(
-            "/runtime.v1.RuntimeService/PodSandboxStatus",
-            &v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id, verbose: false },
-            &[],
-        )
-        .await;
+    let pod = runtime.pod_sandbox_status(&sandbox_id).await;
     let Some(pod) = pod.ok().and_then(|p| p.status) else { return };
     let pod_name = pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
     let pod_name = pod_name.as_str();

@@ -97,21 +97,15 @@ impl Scheduler {
 
     /// One pass: schedule new containers, start the due ones.
     pub async fn scan(&self) -> Result<(), tonic::Status> {
-        let upstream = self.engine.upstream();
-        let pods: v1::ListPodSandboxResponse = upstream
-            .unary(
-                "/runtime.v1.RuntimeService/ListPodSandbox",
-                &v1::ListPodSandboxRequest {
-                    filter: Some(v1::PodSandboxFilter {
-                        state: Some(v1::PodSandboxStateValue { state: v1::PodSandboxState::SandboxReady as i32 }),
-                        ..Default::default()
-                    }),
-                },
-                &[],
-            )
+        let runtime = self.engine.runtime();
+        let pods = runtime
+            .list_pod_sandboxes(v1::PodSandboxFilter {
+                state: Some(v1::PodSandboxStateValue { state: v1::PodSandboxState::SandboxReady as i32 }),
+                ..Default::default()
+            })
             .await?;
         let mut seen = HashSet::new();
-        for pod in pods.items {
+        for pod in pods {
             let interval = match interval_from_annotations(&pod.annotations) {
                 Ok(Some(interval)) => interval,
                 Ok(None) => continue,
@@ -126,22 +120,16 @@ impl Scheduler {
                     continue;
                 }
             };
-            let containers: v1::ListContainersResponse = upstream
-                .unary(
-                    "/runtime.v1.RuntimeService/ListContainers",
-                    &v1::ListContainersRequest {
-                        filter: Some(v1::ContainerFilter {
-                            pod_sandbox_id: pod.id.clone(),
-                            state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
-                            ..Default::default()
-                        }),
-                    },
-                    &[],
-                )
+            let containers = runtime
+                .list_containers(v1::ContainerFilter {
+                    pod_sandbox_id: pod.id.clone(),
+                    state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+                    ..Default::default()
+                })
                 .await?;
             let namespace_pod =
                 pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
-            for container in containers.containers {
+            for container in containers {
                 seen.insert(container.id.clone());
                 let name = container.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
                 self.consider(&container.id, &namespace_pod, &name, container.created_at, interval);

@@ -220,7 +220,7 @@ fn open_store(config: &Config) -> Result<Store, String> {
 pub fn checkpointer(config: &Config) -> Result<Checkpointer, String> {
     let upstream = Upstream::new(config).map_err(|e| e.to_string())?;
     let store = Arc::new(open_store(config)?);
-    Ok(Checkpointer::new(upstream, store, CheckpointerConfig::from(config)))
+    Ok(Checkpointer::new(Arc::new(upstream), store, CheckpointerConfig::from(config)))
 }
 
 async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String> {

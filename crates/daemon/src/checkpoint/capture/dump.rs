@@ -1,0 +1,172 @@
+//! The cut: the container paused, dumped by CRIU and its writable layer
+//! captured, then resumed — always resumed; and the staging directory it is
+//! written into.
+
+use super::*;
+use crate::containerd_api::CheckpointOptions;
+
+impl Checkpointer {
+    /// The cut: pause, dump, writable layer, resume — always resume, and
+    /// report the first failure.
+    pub(super) async fn cut(
+        &self,
+        id: &str,
+        pid: u32,
+        images: &Path,
+        work: &Path,
+        tree: &Path,
+    ) -> Result<Cut, CheckpointError> {
+        let markers = self.frozen_markers();
+        let frozen_at = Instant::now();
+        freeze::freeze(&*self.runtime, &markers, id).await?;
+        let dump_started = Instant::now();
+        let captured = self.dump_and_capture(id, pid, images, work, tree).await;
+        let dump_time = dump_started.elapsed();
+        let thawed = freeze::thaw(&*self.runtime, &markers, id).await;
+        let frozen_time = frozen_at.elapsed();
+        if let Err(e) = &thawed {
+            tracing::error!(container_id = id, error = %e, "the container could not be resumed after its checkpoint");
+        }
+        captured?;
+        thawed?;
+        Ok(Cut { dump_time, frozen_time })
+    }
+
+    /// CRIU's dump (the container stays frozen after it) and the writable layer.
+    async fn dump_and_capture(
+        &self,
+        id: &str,
+        pid: u32,
+        images: &Path,
+        work: &Path,
+        tree: &Path,
+    ) -> Result<(), CheckpointError> {
+        let options = CheckpointOptions {
+            exit: false,
+            open_tcp: true,
+            file_locks: true,
+            image_path: images.display().to_string(),
+            work_path: work.display().to_string(),
+            ..Default::default()
+        };
+        if let Err(status) = self.runtime.checkpoint_task(id, options).await {
+            let log = dump_log_excerpt(&work.join(files::DUMP_LOG));
+            return Err(CheckpointError::Criu {
+                container_id: id.to_owned(),
+                message: status.message().to_owned(),
+                log,
+            });
+        }
+        self.capture_writable_layer(id, pid, tree).await
+    }
+
+    /// The writable layer's changes: `rootfs-diff.tar` and `deleted.files`.
+    async fn capture_writable_layer(&self, id: &str, pid: u32, tree: &Path) -> Result<(), CheckpointError> {
+        let upper =
+            (self.upperdir.0)(pid).map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })?;
+        let diff_path = tree.join(files::ROOTFS_DIFF);
+        let deleted_path = tree.join(files::DELETED_FILES);
+        let (diff_path2, id2) = (diff_path.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&diff_path2).map_err(io("creating", &diff_path2))?;
+            let summary = rootfs_diff::write_diff(&upper, std::io::BufWriter::new(file))
+                .map_err(|source| CheckpointError::Rootfs { container_id: id2.clone(), source })?;
+            let deleted = std::fs::File::create(&deleted_path).map_err(io("creating", &deleted_path))?;
+            rootfs_diff::write_deleted_files(&summary.deleted, deleted)
+                .map_err(|source| CheckpointError::Rootfs { container_id: id2, source })
+        })
+        .await
+        .map_err(|e| CheckpointError::Io {
+            action: "archiving",
+            path: diff_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+/// The lines of CRIU's dump log that explain a failure: errors and
+/// warnings, then the last lines.
+pub fn dump_log_excerpt(path: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut picked: Vec<&str> = lines.iter().copied().filter(|l| l.contains("Error") || l.contains("Warn")).collect();
+    picked.truncate(20);
+    for line in lines.iter().rev().take(5).rev() {
+        if !picked.contains(line) {
+            picked.push(line);
+        }
+    }
+    if picked.is_empty() {
+        return String::new();
+    }
+    format!("\nfrom {}:\n  {}", path.display(), picked.join("\n  "))
+}
+
+/// What the cut measured.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cut {
+    pub(super) dump_time: Duration,
+    pub(super) frozen_time: Duration,
+}
+
+/// A staging directory removed when dropped (success or failure).
+pub(super) struct Staging {
+    pub(super) path: PathBuf,
+}
+
+impl Staging {
+    pub(super) fn create(root: &Path, container_id: &str, tag: &str) -> Result<Staging, CheckpointError> {
+        let path = root.join(format!("{container_id}-{tag}"));
+        std::fs::create_dir_all(&path).map_err(io("creating", &path))?;
+        Ok(Staging { path })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove staging directory");
+        }
+    }
+}
+
+/// Removes staging directories a killed process left for this container.
+/// Called with the container's checkpoint lock held, so none is in use.
+pub(super) fn clean_staging(root: &Path, container_id: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let prefix = format!("{container_id}-");
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing a checkpoint staging directory left by an interrupted run");
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove leftover staging directory");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_log_excerpt_picks_errors_and_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("dump.log");
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!("(00.0{i}) line {i}\n"));
+        }
+        text.push_str(
+            "(01.000) Error (criu/sk-inet.c:190): inet: Connected TCP socket, consider using --tcp-established\n",
+        );
+        text.push_str("(01.001) Dumping FAILED.\n");
+        std::fs::write(&log, text).expect("write");
+        let excerpt = dump_log_excerpt(&log);
+        assert!(excerpt.contains("Connected TCP socket"), "{excerpt}");
+        assert!(excerpt.contains("Dumping FAILED."), "{excerpt}");
+        assert!(!excerpt.contains("line 3\n"), "{excerpt}");
+        assert_eq!(dump_log_excerpt(&dir.path().join("missing")), "");
+    }
+}

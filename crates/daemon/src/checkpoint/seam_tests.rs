@@ -1,0 +1,379 @@
+//! The checkpoint engine's rules, against the recording fake runtime and a
+//! store in a temporary directory (no containerd, CRIU or root): the
+//! container is always thawed after it was paused, a container kubelet
+//! stops is not checkpointed any more, and the grace period of a stop bounds
+//! the checkpoint before it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lazarus_proto::v1;
+use tonic::{Code, Status};
+
+use super::markers::Markers;
+use super::{CheckpointError, Checkpointer, CheckpointerConfig, Compression};
+use crate::containerd_api::Process;
+use crate::runtime::fake::FakeRuntime;
+use lazarus_format::annotations::{self as ann, files};
+use lazarus_registry::RegistrySettings;
+use lazarus_store::Store;
+
+/// No process has this id (`pid_max` is at most 2^22): its writable layer cannot be read.
+const NO_SUCH_PID: u64 = 999_999_999;
+
+struct Bed {
+    dir: tempfile::TempDir,
+    fake: Arc<FakeRuntime>,
+    engine: Checkpointer,
+}
+
+impl Bed {
+    fn frozen(&self) -> Markers {
+        Markers::new(&self.dir.path().join("run"), "frozen")
+    }
+
+    fn staging_entries(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("state").join("staging")).map_or(0, |d| d.count())
+    }
+
+    fn failures(&self, reason: &str) -> f64 {
+        let text = self.engine.metrics().encode_prometheus_text();
+        let name = format!("lazarus_checkpoint_failures_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(name.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    }
+}
+
+/// A running container `c1` (`ns/p/app`, sandbox `sb1`) whose pod has `pod_annotations`.
+fn bed(pod_annotations: &[(&str, &str)]) -> Bed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(&dir.path().join("state").join("store")).expect("store"));
+    let fake = FakeRuntime::new();
+    let info = serde_json::json!({"pid": NO_SUCH_PID, "sandboxID": "sb1", "runtimeSpec": {}}).to_string();
+    let annotations = pod_annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    fake.script(|s| {
+        s.list_containers.always(Ok(vec![v1::Container { id: "c1".into(), ..Default::default() }]));
+        s.container_status.always(Ok(v1::ContainerStatusResponse {
+            status: Some(v1::ContainerStatus {
+                id: "c1".into(),
+                state: v1::ContainerState::ContainerRunning as i32,
+                metadata: Some(v1::ContainerMetadata { name: "app".into(), attempt: 0 }),
+                image_id: format!("sha256:{}", "a".repeat(64)),
+                ..Default::default()
+            }),
+            info: [("info".to_owned(), info)].into(),
+        }));
+        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+            status: Some(v1::PodSandboxStatus {
+                id: "sb1".into(),
+                metadata: Some(v1::PodSandboxMetadata {
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                    attempt: 0,
+                }),
+                annotations,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        s.version.always(Ok(v1::VersionResponse {
+            runtime_name: "containerd".into(),
+            runtime_version: "2.0.0".into(),
+            ..Default::default()
+        }));
+        s.pause_task.always(Ok(()));
+        s.resume_task.always(Ok(()));
+        s.checkpoint_task.always(Ok(()));
+    });
+    let config = CheckpointerConfig {
+        state_dir: dir.path().join("state"),
+        run_dir: dir.path().join("run"),
+        max_concurrent: 2,
+        compression: Compression::Zstd,
+        store_max_size: None,
+        registry: RegistrySettings::default(),
+    };
+    let engine = Checkpointer::new(fake.clone(), store, config);
+    Bed { dir, fake, engine }
+}
+
+/// Writes what a failed CRIU dump leaves: its log in the work directory.
+fn failing_dump_leaves_its_log(bed: &Bed) {
+    bed.fake.script(|s| {
+        s.checkpoint_task.always(Err(Status::unknown("criu failed: type NOTIFY errno 0")));
+        s.dump_hook = Some(Arc::new(|options| {
+            let log = std::path::Path::new(&options.work_path).join(files::DUMP_LOG);
+            std::fs::write(log, "(00.001) Dumping\n(00.002) Error (criu/sk-unix.c:1): unix: external socket\n")
+                .expect("dump.log");
+        }));
+    });
+}
+
+const INSPECTED: [&str; 4] = ["ListContainers c1", "ContainerStatus c1", "PodSandboxStatus sb1", "Version"];
+
+fn calls_after_inspect(bed: &Bed) -> Vec<String> {
+    let calls = bed.fake.calls();
+    assert_eq!(calls[..INSPECTED.len()], INSPECTED, "{calls:?}");
+    calls[INSPECTED.len()..].to_vec()
+}
+
+#[tokio::test]
+async fn a_failed_dump_still_thaws_the_container() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails");
+    assert!(matches!(err, CheckpointError::Criu { .. }), "{err}");
+    assert_eq!(calls_after_inspect(&bed), ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"]);
+    let text = err.to_string();
+    assert!(text.starts_with("CRIU dump of container c1 failed: criu failed: type NOTIFY errno 0"), "{text}");
+    assert!(text.contains("Error (criu/sk-unix.c:1): unix: external socket"), "the log excerpt: {text}");
+    assert_eq!(Status::from(err).code(), Code::Internal);
+    assert!(!bed.frozen().exists("c1").await, "thawed: no frozen marker");
+    assert_eq!(bed.staging_entries(), 0, "staging removed");
+    assert_eq!(bed.failures("criu"), 1.0);
+}
+
+#[tokio::test]
+async fn a_failed_writable_layer_after_the_dump_still_thaws_the_container() {
+    let bed = bed(&[]);
+    bed.fake.script(|s| {
+        // The files CRIU leaves in the image path it was given.
+        s.dump_hook = Some(Arc::new(|options| {
+            std::fs::write(std::path::Path::new(&options.image_path).join("pages-1.img"), b"pages").expect("image");
+        }));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("no writable layer");
+    assert_eq!(err.reason(), "rootfs", "{err}");
+    assert!(err.to_string().starts_with("capturing the writable layer of container c1: "), "{err}");
+    assert_eq!(calls_after_inspect(&bed), ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"]);
+    assert!(!bed.frozen().exists("c1").await);
+    assert_eq!(bed.staging_entries(), 0);
+    assert!(bed.engine.store().list().expect("list").is_empty(), "nothing committed");
+}
+
+#[tokio::test]
+async fn a_failed_pause_dumps_nothing_and_resumes_nothing() {
+    let bed = bed(&[]);
+    bed.fake.script(|s| {
+        s.pause_task.always(Err(Status::failed_precondition("task is not running")));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("not paused");
+    assert_eq!(err.reason(), "freeze");
+    assert_eq!(err.to_string(), "pausing container c1 for the checkpoint: FailedPrecondition: task is not running");
+    assert_eq!(calls_after_inspect(&bed), ["PauseTask c1"]);
+    assert!(!bed.frozen().exists("c1").await);
+}
+
+#[tokio::test]
+async fn a_resume_that_fails_is_retried_while_the_task_is_paused() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| {
+        s.resume_task.then(Err(Status::unavailable("shim busy"))).then(Ok(()));
+        s.task_status.always(Ok(Process::PAUSED));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails");
+    assert_eq!(err.reason(), "criu");
+    assert_eq!(
+        calls_after_inspect(&bed),
+        ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1", "TaskStatus c1", "ResumeTask c1"]
+    );
+    assert!(!bed.frozen().exists("c1").await);
+}
+
+#[tokio::test]
+async fn a_container_left_frozen_is_thawed_by_its_next_checkpoint_first() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| {
+        s.resume_task.always(Err(Status::unavailable("shim gone")));
+        s.task_status.always(Ok(Process::PAUSED));
+    });
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails");
+    assert_eq!(err.reason(), "criu", "the dump's failure is the one reported");
+    let resumes = bed.fake.calls().iter().filter(|c| *c == "ResumeTask c1").count();
+    assert_eq!(resumes, 5, "tried five times");
+    assert!(bed.frozen().exists("c1").await, "still frozen: the marker stays");
+
+    bed.fake.script(|s| {
+        s.resume_task.always(Ok(()));
+    });
+    let before = bed.fake.calls().len();
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("the dump fails again");
+    assert_eq!(err.reason(), "criu");
+    let calls = bed.fake.calls()[before..].to_vec();
+    assert_eq!(
+        calls,
+        [
+            "ListContainers c1",
+            "ResumeTask c1", // the abandoned freeze, before anything else
+            "ContainerStatus c1",
+            "PodSandboxStatus sb1",
+            "Version",
+            "PauseTask c1",
+            "CheckpointTask c1",
+            "ResumeTask c1",
+        ]
+    );
+    assert!(!bed.frozen().exists("c1").await);
+}
+
+#[tokio::test]
+async fn a_container_being_stopped_is_not_checkpointed_any_more() {
+    let bed = bed(&[]);
+    bed.engine.stopping_markers().set("c1").await.expect("marker");
+    let err = bed.engine.checkpoint("c1", None).await.expect_err("stopping");
+    assert_eq!(err.reason(), "stopping");
+    assert_eq!(Status::from(err).code(), Code::FailedPrecondition);
+    assert_eq!(bed.fake.calls(), ["ListContainers c1"], "not even inspected");
+}
+
+#[tokio::test]
+async fn a_grace_period_too_short_for_a_checkpoint_stops_without_one() {
+    let bed = bed(&[(ann::CHECKPOINT_ON_STOP, "true")]);
+    // 2 s is all the reserve the stop itself keeps.
+    super::on_stop::checkpoint_before_stop(&bed.engine, "c1", 2).await;
+    assert_eq!(bed.fake.calls(), ["ContainerStatus c1", "PodSandboxStatus sb1"], "no pause, no dump");
+    assert!(bed.engine.stopping_markers().exists("c1").await, "no checkpoint of it from now on");
+    assert_eq!(bed.failures("grace_period"), 1.0);
+}
+
+#[tokio::test]
+async fn a_stop_waits_for_the_thaw_when_its_grace_period_runs_out_during_the_dump() {
+    let bed = bed(&[(ann::CHECKPOINT_ON_STOP, "true")]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| s.dump_delay = Duration::from_millis(2500));
+    let started = Instant::now();
+    // 3 s of grace: 1 s for the checkpoint, which takes longer.
+    super::on_stop::checkpoint_before_stop(&bed.engine, "c1", 3).await;
+    let elapsed = started.elapsed();
+    let calls = bed.fake.calls();
+    assert_eq!(calls.last().map(String::as_str), Some("ResumeTask c1"), "the stop goes on once thawed: {calls:?}");
+    assert!(calls.iter().any(|c| c == "CheckpointTask c1"), "{calls:?}");
+    assert!(elapsed >= Duration::from_millis(2500), "waited for the thaw: {elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_pod_that_does_not_ask_is_not_checkpointed_on_stop() {
+    let bed = bed(&[]);
+    super::on_stop::checkpoint_before_stop(&bed.engine, "c1", 30).await;
+    assert_eq!(bed.fake.calls(), ["ContainerStatus c1", "PodSandboxStatus sb1"]);
+    assert!(!bed.engine.stopping_markers().exists("c1").await);
+}
+
+/// Writes what a successful CRIU dump leaves: an image in the image path.
+fn dump_leaves_images(bed: &Bed) {
+    bed.fake.script(|s| {
+        s.dump_hook = Some(Arc::new(|options| {
+            let images = std::path::Path::new(&options.image_path);
+            std::fs::write(images.join("pages-1.img"), b"pages").expect("image");
+            std::fs::write(images.join("inventory.img"), b"inventory").expect("image");
+        }));
+    });
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_committed_pruned_to_keep_and_restorable_by_latest() {
+    let bed = bed(&[]);
+    dump_leaves_images(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(upper.join("var")).expect("upper");
+    std::fs::write(upper.join("var").join("state.txt"), b"written by the program").expect("file");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(engine.checkpoint("c1", Some(2)).await.expect("checkpoint"));
+        // Tags have millisecond resolution.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let newest = taken.last().expect("three");
+    assert_eq!(newest.key, "ns/p/app");
+    assert_eq!(newest.reference, format!("local:ns/p/app:{}@{}", newest.tag, newest.digest));
+    assert_eq!((taken[0].pruned, taken[1].pruned, taken[2].pruned), (0, 0, 1), "keep 2");
+    assert_eq!((newest.pushed.as_deref(), newest.push_error.as_deref()), (None, None), "no repository");
+    let listed = engine.store().list().expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|e| e.annotation(ann::CONTAINER_KEY) == Some("ns/p/app")));
+    assert!(!listed.iter().any(|e| e.digest() == taken[0].digest), "the oldest went");
+    assert_eq!(bed.staging_entries(), 0);
+    assert!(!bed.frozen().exists("c1").await);
+    let calls = bed.fake.calls();
+    let cut: Vec<&str> = calls.iter().map(String::as_str).filter(|c| c.ends_with("Task c1")).collect();
+    assert_eq!(cut, ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"].repeat(3));
+
+    // What was committed restores: `latest` stages the newest one, with the
+    // images CRIU left and the writable layer.
+    let runtime = FakeRuntime::new();
+    runtime.script(|s| {
+        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+            status: Some(v1::PodSandboxStatus { runtime_handler: "lazarus".into(), ..Default::default() }),
+            ..Default::default()
+        }));
+        s.image_status.always(Ok(v1::ImageStatusResponse {
+            image: Some(v1::Image { id: format!("sha256:{}", "a".repeat(64)), ..Default::default() }),
+            ..Default::default()
+        }));
+    });
+    let config = crate::restore::RestorerConfig {
+        restore_dir: bed.dir.path().join("restore"),
+        runtime_handler: "lazarus".into(),
+        allowed_registries: Vec::new(),
+        allowed_dirs: Vec::new(),
+        cross_namespace_sources: Vec::new(),
+        failures_file: bed.dir.path().join("restore-failures.json"),
+    };
+    let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
+    let restorer =
+        crate::restore::Restorer::new(runtime.clone(), engine.store().clone(), config, registry).expect("restorer");
+    let request = v1::CreateContainerRequest {
+        pod_sandbox_id: "sb1".into(),
+        config: Some(v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata { name: "app".into(), attempt: 1 }),
+            image: Some(v1::ImageSpec { image: "docker.io/library/app:1".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        sandbox_config: Some(v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata { name: "p".into(), namespace: "ns".into(), ..Default::default() }),
+            annotations: [
+                ("lazarus.dev/restore-from".to_owned(), "latest".to_owned()),
+                ("lazarus.dev/restore-policy".to_owned(), "required".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        }),
+    };
+    let staged = match restorer.prepare(&request, None).await {
+        Ok(Some(staged)) => staged,
+        Ok(None) => panic!("a fresh start"),
+        Err(e) => panic!("not restorable: {e}"),
+    };
+    assert_eq!(staged.source(), newest.reference);
+    let plan = restorer.commit(staged, "c2").await.expect("plan");
+    let tree = plan.join("tree");
+    assert_eq!(std::fs::read(tree.join(files::CHECKPOINT_DIR).join("pages-1.img")).expect("images"), b"pages");
+    let diff = std::fs::File::open(tree.join(files::ROOTFS_DIFF)).expect("rootfs diff");
+    let mut archive = tar::Archive::new(diff);
+    let paths: Vec<String> = archive
+        .entries()
+        .expect("entries")
+        .map(|e| e.expect("entry").path().expect("path").display().to_string())
+        .collect();
+    assert!(paths.iter().any(|p| p.trim_start_matches("./") == "var/state.txt"), "{paths:?}");
+    assert!(tree.join(files::SPEC_DUMP).is_file() && tree.join(files::CONFIG_DUMP).is_file());
+    assert!(!runtime.calls().iter().any(|c| c.starts_with("RemoveContainer")));
+}
+
+#[tokio::test]
+async fn a_malformed_repository_keeps_the_local_checkpoint_and_pushes_nothing() {
+    let bed = bed(&[(ann::CHECKPOINT_REPOSITORY, "team/job")]);
+    dump_leaves_images(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(&upper).expect("upper");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+    let checkpoint = engine.checkpoint("c1", None).await.expect("the local checkpoint");
+    assert_eq!(checkpoint.pushed, None);
+    let error = checkpoint.push_error.expect("the push is refused");
+    assert!(error.starts_with("lazarus.dev/checkpoint-repository=\"team/job\" rejected: "), "{error}");
+    assert_eq!(engine.store().list().expect("list").len(), 1);
+}

@@ -1,0 +1,213 @@
+//! Staging one candidate: downloaded (registry) or read (store, archive),
+//! verified, unpacked into a staging dir and checked; then, once containerd
+//! named the container, committed as its restore plan.
+
+use super::candidates::Candidate;
+use super::*;
+use std::collections::BTreeMap;
+
+use lazarus_format::digest::sha256_hex;
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+
+use crate::restore::checks::Target;
+use lazarus_format::annotations as ann;
+use lazarus_format::metadata::CheckpointMetadata;
+use lazarus_format::plan::{Origin, Plan};
+
+/// A checkpoint unpacked and checked, waiting for containerd's container id.
+/// Dropped without [`Staged::commit`], it removes its files.
+#[derive(Debug)]
+pub struct Staged {
+    pub(super) dir: PathBuf,
+    pub(super) restore_dir: PathBuf,
+    pub(super) origin: Origin,
+    pub(super) committed: bool,
+    /// Bytes unpacked (for the metrics).
+    pub(super) bytes: u64,
+}
+
+impl Staged {
+    /// The checkpoint's reference.
+    pub fn source(&self) -> &str {
+        &self.origin.source
+    }
+
+    /// Makes the staged tree the restore plan of `container_id`.
+    pub fn commit(mut self, container_id: &str) -> Result<PathBuf, RestoreError> {
+        if !plan::valid_container_id(container_id) {
+            return Err(RestoreError::Runtime(format!(
+                "the runtime returned an unusable container id {container_id:?}"
+            )));
+        }
+        let dest = plan::plan_dir(&self.restore_dir, container_id);
+        std::fs::rename(&self.dir, &dest).map_err(io("moving the restore plan to", &dest))?;
+        self.committed = true;
+        let plan = Plan {
+            version: plan::VERSION,
+            source: self.origin.source.clone(),
+            checkpoint_dir: dest.join(plan::TREE_DIR),
+            tcp_close: true,
+        };
+        let written = write_json_atomic(&dest.join(plan::ORIGIN_FILE), &self.origin)
+            .and_then(|()| write_json_atomic(&dest.join(plan::PLAN_FILE), &plan));
+        if let Err(source) = written {
+            std::fs::remove_dir_all(&dest).ok();
+            return Err(RestoreError::Io { action: "writing the restore plan in", path: dest, source });
+        }
+        Ok(dest)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+}
+
+impl Restorer {
+    /// Unpacks `candidate` into a fresh staging dir and runs the checks.
+    pub(super) async fn stage(
+        &self,
+        subject: &Subject,
+        candidate: &Candidate,
+        image_ids: &[String],
+        wait: Duration,
+    ) -> Result<Staged, RestoreError> {
+        let candidate = &self.pin(candidate.clone()).await?;
+        let reference = candidate.reference();
+        let downloaded = match candidate {
+            Candidate::Registry { reference: pinned } => Some(self.download(pinned, wait).await?),
+            _ => None,
+        };
+        // A unique name from tempfile; `Staged` owns the removal from here on.
+        let dir = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(&self.config.restore_dir)
+            .map_err(io("creating a staging dir in", &self.config.restore_dir))?
+            .keep();
+        let mut staged = Staged {
+            dir: dir.clone(),
+            restore_dir: self.config.restore_dir.clone(),
+            origin: Origin { key: subject.key(), checkpoint: candidate.identity(), source: reference.clone() },
+            committed: false,
+            bytes: 0,
+        };
+        let tree = dir.join(plan::TREE_DIR);
+        std::fs::create_dir(&tree).map_err(io("creating", &tree))?;
+        let (store, candidate2, tree2, downloaded2) =
+            (self.store.clone(), candidate.clone(), tree.clone(), downloaded.clone());
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || match downloaded2 {
+            Some(download) => unpack_download(&candidate2.reference(), &download, &tree2),
+            None => unpack_candidate(&store, &candidate2, &tree2),
+        })
+        .await
+        .map_err(|e| RestoreError::Runtime(format!("unpacking task: {e}")))?;
+        if let Some(download) = &downloaded {
+            self.fetcher.release(&download.layer_digest);
+        }
+        let (annotations, image_arch, unpacked) = outcome?;
+        let meta = CheckpointMetadata::read(&tree, &annotations, image_arch.as_deref());
+        let target =
+            Target { namespace: &subject.namespace, image_ids, image_name: &subject.image.image, arch: ann::go_arch() };
+        let cross = checks::cross_namespace_allowed(&reference, &self.config.cross_namespace_sources);
+        checks::check(&meta, &target, cross)
+            .map_err(|failure| RestoreError::Check { reference: reference.clone(), failure })?;
+        if !tree.join(ann::files::CHECKPOINT_DIR).is_dir() {
+            return Err(RestoreError::Corrupt {
+                reference,
+                reason: format!("it has no {}/ directory of CRIU images", ann::files::CHECKPOINT_DIR),
+            });
+        }
+        tracing::info!(
+            checkpoint = %reference,
+            files = unpacked.files,
+            bytes = unpacked.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            checkpoint_namespace = meta.namespace.as_deref().unwrap_or(""),
+            "checkpoint verified, unpacked and checked"
+        );
+        staged.bytes = unpacked.bytes;
+        Ok(staged)
+    }
+
+    /// Downloads a registry checkpoint's manifest, config and layer (verified).
+    async fn download(&self, pinned: &Reference, wait: Duration) -> Result<Download, RestoreError> {
+        let fetch_err = |source| RestoreError::Fetch { reference: pinned.to_string(), source };
+        let resolved = self.fetcher.resolve(pinned).await.map_err(fetch_err)?;
+        let config = resolved.manifest.config();
+        let config_path =
+            self.fetcher.blob(pinned, config.digest().as_ref(), config.size(), wait).await.map_err(fetch_err)?;
+        let config_bytes = std::fs::read(&config_path).map_err(io("reading", &config_path))?;
+        self.fetcher.release(config.digest().as_ref());
+        let arch =
+            serde_json::from_slice::<ImageConfiguration>(&config_bytes).ok().map(|c| c.architecture().to_string());
+        let layer = resolved.manifest.layers()[0].clone();
+        let layer_digest = layer.digest().to_string();
+        let layer_path = self.fetcher.blob(pinned, &layer_digest, layer.size(), wait).await.map_err(fetch_err)?;
+        let annotations = resolved.manifest.annotations().clone().unwrap_or_default().into_iter().collect();
+        Ok(Download { layer_path, layer_digest, annotations, arch })
+    }
+}
+
+/// A registry checkpoint downloaded and verified.
+#[derive(Debug, Clone)]
+struct Download {
+    layer_path: PathBuf,
+    layer_digest: String,
+    annotations: BTreeMap<String, String>,
+    arch: Option<String>,
+}
+
+fn unpack_download(reference: &str, download: &Download, tree: &Path) -> Result<UnpackOutcome, RestoreError> {
+    let file = std::fs::File::open(&download.layer_path).map_err(io("opening", &download.layer_path))?;
+    // Verified while downloading; unpacking checks the archive's safety.
+    let unpacked = archive::unpack(file, tree, None, &download.layer_path)
+        .map_err(|source| RestoreError::Unpack { reference: reference.to_owned(), source })?;
+    Ok((download.annotations.clone(), download.arch.clone(), unpacked))
+}
+
+/// Manifest annotations, image architecture and what was unpacked.
+type UnpackOutcome = (BTreeMap<String, String>, Option<String>, archive::Unpacked);
+
+fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result<UnpackOutcome, RestoreError> {
+    let reference = candidate.reference();
+    match candidate {
+        Candidate::Registry { reference } => Err(RestoreError::Runtime(format!("{reference} was not downloaded"))),
+        Candidate::Archive { path } => {
+            let file = std::fs::File::open(path).map_err(io("opening", path))?;
+            let unpacked = archive::unpack(file, tree, None, path)
+                .map_err(|source| RestoreError::Unpack { reference: reference.clone(), source })?;
+            Ok((BTreeMap::new(), None, unpacked))
+        }
+        Candidate::Local { digest, .. } => {
+            let corrupt = |reason: String| RestoreError::Corrupt { reference: reference.clone(), reason };
+            let bytes = store.read_blob(digest).map_err(|e| corrupt(format!("manifest: {e}")))?;
+            let actual = format!("sha256:{}", sha256_hex(&bytes));
+            if &actual != digest {
+                return Err(corrupt(format!("manifest digest mismatch: expected {digest}, the data has {actual}")));
+            }
+            let manifest: ImageManifest =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("manifest: {e}")))?;
+            let [layer] = manifest.layers().as_slice() else {
+                return Err(corrupt(format!("expected one layer, the manifest has {}", manifest.layers().len())));
+            };
+            let config_digest = manifest.config().digest().to_string();
+            let arch = store
+                .read_blob(&config_digest)
+                .ok()
+                .filter(|b| format!("sha256:{}", sha256_hex(b)) == config_digest)
+                .and_then(|b| serde_json::from_slice::<ImageConfiguration>(&b).ok())
+                .map(|c| c.architecture().to_string());
+            let layer_digest = layer.digest().to_string();
+            let path = store.blob_path(&layer_digest).map_err(|e| corrupt(format!("layer: {e}")))?;
+            let file = std::fs::File::open(&path).map_err(io("opening", &path))?;
+            let unpacked = archive::unpack(file, tree, Some(&layer_digest), &path)
+                .map_err(|source| RestoreError::Unpack { reference: reference.clone(), source })?;
+            let annotations = manifest.annotations().clone().unwrap_or_default().into_iter().collect();
+            Ok((annotations, arch, unpacked))
+        }
+    }
+}
