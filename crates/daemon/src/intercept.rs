@@ -133,7 +133,7 @@ where
             let id = call.message.as_ref().map(|r| r.container_id.clone());
             let response = call.forward::<v1::RemoveContainerResponse>(upstream).await?;
             if let (Some(id), Some(restorer), true) = (id, restorer, response.message.is_some()) {
-                restorer.removed(&id);
+                restorer.removed(&id).await;
             }
             Ok(response.into_http())
         }

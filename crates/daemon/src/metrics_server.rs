@@ -138,14 +138,12 @@ pub async fn refresh_store_metrics(store: std::sync::Arc<lazarus_store::Store>, 
         ticker.tick().await;
         let store = store.clone();
         // Reads the index and stats every blob: off the event loop.
-        let read = tokio::task::spawn_blocking(move || store_metrics(&store)).await;
-        match read {
-            Ok(Ok((size, newest))) => {
+        match crate::blocking::run(move || store_metrics(&store)).await {
+            Ok((size, newest)) => {
                 metrics.set_store_size(size);
                 metrics.set_last_checkpoints(&newest);
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "reading the store for metrics failed"),
-            Err(e) => tracing::debug!(error = %e, "store metrics task failed"),
+            Err(e) => tracing::debug!(error = %e, "reading the store for metrics failed"),
         }
     }
 }

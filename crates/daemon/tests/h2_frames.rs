@@ -10,6 +10,8 @@
 //! HPACK: requests are encoded by hand (literals without indexing); response
 //! header blocks are decoded with `loona-hpack`.
 
+#![allow(clippy::disallowed_methods, reason = "test code: the blocking rule is for the daemon's event loop")]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! socket: raw forwarding, interception, streaming, upstream failures and
 //! graceful shutdown. (The real containerd is exercised by the e2e crate.)
 
+#![allow(clippy::disallowed_methods, reason = "test code: the blocking rule is for the daemon's event loop")]
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -9,6 +9,8 @@
 //! default: `cargo test -p lazarus-daemon --test systemd -- --include-ignored`
 //! runs them (and fails, not passes, when the tool is missing).
 
+#![allow(clippy::disallowed_methods, reason = "test code: the blocking rule is for the daemon's event loop")]
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -43,10 +43,9 @@ mod target;
 
 pub use commit::keep_from_annotations;
 use commit::{Commit, Committed};
-pub use dump::dump_log_excerpt;
-use dump::{Staging, clean_staging};
+use dump::Staging;
 pub use push::repository_from_annotations;
-use side_files::now_rfc3339;
+use side_files::{HostFacts, annotations, now_rfc3339, write_metadata_files};
 
 /// Layer compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -353,9 +352,7 @@ impl Checkpointer {
             .get_or_try_init(|| async {
                 // Reads the system's CA certificates: off the event loop.
                 let settings = self.config.registry.clone();
-                tokio::task::spawn_blocking(move || RegistryClient::new(settings))
-                    .await
-                    .map_err(|e| RegistryError::Tls { reason: format!("loading CA certificates: {e}") })?
+                crate::blocking::run(move || RegistryClient::new(settings)).await
             })
             .await
             .cloned()
@@ -421,15 +418,11 @@ impl Checkpointer {
         let (created, tag) = now_rfc3339();
         tracing::info!(pod = %pod, container = %container_name, container_id = %container_id, trigger = trigger.as_str(), "checkpoint started");
 
-        let staging_root = self.config.state_dir.join("staging");
-        clean_staging(&staging_root, &container_id);
-        let staging = Staging::create(&staging_root, &container_id, &tag)?;
-        let tree = staging.path.join("tree");
-        let images = tree.join(files::CHECKPOINT_DIR);
-        let work = staging.path.join("work");
-        for dir in [&images, &work] {
-            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        }
+        let staging = {
+            let (root, id, tag) = (self.config.state_dir.join("staging"), container_id.clone(), tag.clone());
+            crate::blocking::run(move || Staging::prepare(&root, &id, &tag)).await?
+        };
+        let (tree, images, work) = (staging.tree(), staging.images(), staging.work());
 
         // The cut: frozen from before the dump until the writable layer is
         // captured. It runs as a task of its own, so a caller that stops
@@ -451,8 +444,11 @@ impl Checkpointer {
         })??;
         let (dump_time, frozen_time) = (cut.dump_time, cut.frozen_time);
         // CRIU writes its statistics next to its log, in the work directory.
-        let stats =
-            std::fs::read(work.join(files::STATS_DUMP)).ok().and_then(|b| lazarus_format::criu_stats::parse(&b));
+        let stats_path = work.join(files::STATS_DUMP);
+        #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+        let stats = crate::blocking::run(move || std::fs::read(stats_path).ok())
+            .await
+            .and_then(|b| lazarus_format::criu_stats::parse(&b));
         let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
         tracing::info!(
             pod = %pod,
@@ -465,8 +461,18 @@ impl Checkpointer {
         );
 
         // Everything else happens while the container runs.
-        self.write_metadata_files(&target, &tree, &work, &created)?;
-        let mut annotations = self.annotations(&target, &container_name, stats.as_ref(), dump_time);
+        let target = Arc::new(target);
+        let (host, side) = {
+            let (target, tree, work, created) = (target.clone(), tree.clone(), work.clone(), created.clone());
+            crate::blocking::run(move || {
+                let host = HostFacts::read();
+                let written = write_metadata_files(&target, &host, &tree, &work, &created);
+                (host, written)
+            })
+            .await
+        };
+        side?;
+        let mut annotations = annotations(&target, &host, &container_name, stats.as_ref(), dump_time);
         annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());
         annotations.insert(ann::LAZARUS_TRIGGER.to_owned(), trigger.as_str().to_owned());
         let committed = self

@@ -2,6 +2,8 @@
 //! (checkpointctl's layout), an image config, a manifest carrying the
 //! annotations containerd, CRI-O, Podman and checkpointctl look for.
 
+#![expect(clippy::disallowed_methods, reason = "packaging runs on the blocking pool (capture::commit)")]
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -178,7 +178,7 @@ impl Scheduler {
     /// The newest checkpoint time of `key` in the store (read on the blocking pool).
     async fn newest_checkpoint(&self, key: &str) -> Option<SystemTime> {
         let (store, key) = (self.engine.store().clone(), key.to_owned());
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             let entries = store.list().ok()?;
             entries
                 .iter()
@@ -187,8 +187,6 @@ impl Scheduler {
                 .max()
         })
         .await
-        .ok()
-        .flatten()
     }
 
     /// A container that fell due: checkpoint it unless it is stopping or a

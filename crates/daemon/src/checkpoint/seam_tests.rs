@@ -129,7 +129,7 @@ async fn a_failed_dump_still_thaws_the_container() {
     assert!(text.contains("Error (criu/sk-unix.c:1): unix: external socket"), "the log excerpt: {text}");
     assert_eq!(Status::from(err).code(), Code::Internal);
     assert!(!bed.frozen().exists("c1").await, "thawed: no frozen marker");
-    assert_eq!(bed.staging_entries(), 0, "staging removed");
+    crate::blocking::eventually("staging removed", || bed.staging_entries() == 0).await;
     assert_eq!(bed.failures("criu"), 1.0);
 }
 
@@ -147,7 +147,7 @@ async fn a_failed_writable_layer_after_the_dump_still_thaws_the_container() {
     assert!(err.to_string().starts_with("capturing the writable layer of container c1: "), "{err}");
     assert_eq!(calls_after_inspect(&bed), ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"]);
     assert!(!bed.frozen().exists("c1").await);
-    assert_eq!(bed.staging_entries(), 0);
+    crate::blocking::eventually("staging removed", || bed.staging_entries() == 0).await;
     assert!(bed.engine.store().list().expect("list").is_empty(), "nothing committed");
 }
 
@@ -296,7 +296,7 @@ async fn a_checkpoint_is_committed_pruned_to_keep_and_restorable_by_latest() {
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|e| e.annotation(ann::CONTAINER_KEY) == Some("ns/p/app")));
     assert!(!listed.iter().any(|e| e.digest() == taken[0].digest), "the oldest went");
-    assert_eq!(bed.staging_entries(), 0);
+    crate::blocking::eventually("staging removed", || bed.staging_entries() == 0).await;
     assert!(!bed.frozen().exists("c1").await);
     let calls = bed.fake.calls();
     let cut: Vec<&str> = calls.iter().map(String::as_str).filter(|c| c.ends_with("Task c1")).collect();

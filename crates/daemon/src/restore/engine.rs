@@ -220,6 +220,7 @@ const STAGING_PREFIX: &str = ".staging-";
 impl Restorer {
     /// An engine restoring through `runtime` from `store`. Creates the
     /// restore dir and removes staging leftovers of an earlier run.
+    #[expect(clippy::disallowed_methods, reason = "once at start-up (server::serve), before the first call")]
     pub fn new(
         runtime: Arc<dyn Runtime>,
         store: Arc<Store>,

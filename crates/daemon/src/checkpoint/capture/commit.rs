@@ -42,15 +42,10 @@ impl Checkpointer {
         let compression = self.config.compression;
         let (tree2, scratch, created2, annotations2) =
             (tree.to_owned(), scratch.to_owned(), created.to_owned(), annotations);
-        let mut packaged = tokio::task::spawn_blocking(move || {
+        let mut packaged = crate::blocking::run(move || {
             image::package(&store, &tree2, &scratch, compression, &annotations2, &created2)
         })
         .await
-        .map_err(|e| CheckpointError::Io {
-            action: "packaging",
-            path: tree.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?
         .map_err(|source| CheckpointError::Package { container_id: container_id.to_owned(), source })?;
 
         let index_annotations: BTreeMap<String, String> = [
@@ -66,23 +61,18 @@ impl Checkpointer {
         // `packaged.blobs` stays alive (leased against garbage collection) until the commit returns.
         let retention_key = key.to_owned();
         // Committed and pruned to `keep` in one index replacement: no reader sees keep + 1.
-        let committed = tokio::task::spawn_blocking(move || {
+        let committed = crate::blocking::run(move || {
             let retention = Retention { key: ann::CONTAINER_KEY, value: &retention_key, keep };
             store.commit_with_retention(&manifest, index_annotations, Some(retention))
         })
         .await
-        .map_err(|e| CheckpointError::Io {
-            action: "committing",
-            path: PathBuf::new(),
-            source: std::io::Error::other(e.to_string()),
-        })?
         .map_err(store_err)?;
         drop(packaged.blobs);
         let (committed, removed) = committed;
         let digest = committed.digest().to_string();
         // The size cap reads manifests and deletes blobs: off the event loop.
         let this = self.clone();
-        let (pruned, store_size) = tokio::task::spawn_blocking(move || -> Result<(usize, Option<u64>), StoreError> {
+        let (pruned, store_size) = crate::blocking::run(move || -> Result<(usize, Option<u64>), StoreError> {
             let mut pruned = removed.len();
             if let Some(max) = this.config.store_max_size {
                 pruned += this.enforce_size_cap(max)?;
@@ -90,11 +80,6 @@ impl Checkpointer {
             Ok((pruned, this.store.total_size().ok()))
         })
         .await
-        .map_err(|e| CheckpointError::Io {
-            action: "applying retention",
-            path: self.store.root().to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?
         .map_err(store_err)?;
         if let Some(bytes) = store_size {
             self.metrics.set_store_size(bytes);

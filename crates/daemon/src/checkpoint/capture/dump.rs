@@ -50,7 +50,8 @@ impl Checkpointer {
             ..Default::default()
         };
         if let Err(status) = self.runtime.checkpoint_task(id, options).await {
-            let log = dump_log_excerpt(&work.join(files::DUMP_LOG));
+            let log_path = work.join(files::DUMP_LOG);
+            let log = crate::blocking::run(move || dump_log_excerpt(&log_path)).await;
             return Err(CheckpointError::Criu {
                 container_id: id.to_owned(),
                 message: status.message().to_owned(),
@@ -66,26 +67,27 @@ impl Checkpointer {
             (self.upperdir.0)(pid).map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })?;
         let diff_path = tree.join(files::ROOTFS_DIFF);
         let deleted_path = tree.join(files::DELETED_FILES);
-        let (diff_path2, id2) = (diff_path.clone(), id.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::create(&diff_path2).map_err(io("creating", &diff_path2))?;
-            let summary = rootfs_diff::write_diff(&upper, std::io::BufWriter::new(file))
-                .map_err(|source| CheckpointError::Rootfs { container_id: id2.clone(), source })?;
-            let deleted = std::fs::File::create(&deleted_path).map_err(io("creating", &deleted_path))?;
-            rootfs_diff::write_deleted_files(&summary.deleted, deleted)
-                .map_err(|source| CheckpointError::Rootfs { container_id: id2, source })
-        })
-        .await
-        .map_err(|e| CheckpointError::Io {
-            action: "archiving",
-            path: diff_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?
+        let id = id.to_owned();
+        crate::blocking::run(move || write_writable_layer(&upper, &diff_path, &deleted_path, &id)).await
     }
 }
 
+/// `rootfs-diff.tar` and `deleted.files` of the upper dir `upper`.
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (capture_writable_layer)")]
+fn write_writable_layer(upper: &Path, diff_path: &Path, deleted_path: &Path, id: &str) -> Result<(), CheckpointError> {
+    let file = std::fs::File::create(diff_path).map_err(io("creating", diff_path))?;
+    let summary = rootfs_diff::write_diff(upper, std::io::BufWriter::new(file))
+        .map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })?;
+    let deleted = std::fs::File::create(deleted_path).map_err(io("creating", deleted_path))?;
+    rootfs_diff::write_deleted_files(&summary.deleted, deleted)
+        .map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })
+}
+
+impl Checkpointer {}
+
 /// The lines of CRIU's dump log that explain a failure: errors and
 /// warnings, then the last lines.
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (dump_and_capture)")]
 pub fn dump_log_excerpt(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
     let lines: Vec<&str> = text.lines().collect();
@@ -115,24 +117,49 @@ pub(super) struct Staging {
 }
 
 impl Staging {
-    pub(super) fn create(root: &Path, container_id: &str, tag: &str) -> Result<Staging, CheckpointError> {
+    /// A fresh staging directory for one checkpoint of `container_id`, with
+    /// `tree/checkpoint/` (CRIU's images) and `work/` in it; leftovers of
+    /// interrupted runs for the container are removed first. Blocking: call
+    /// it through `blocking::run`.
+    #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Checkpointer::take)")]
+    pub(super) fn prepare(root: &Path, container_id: &str, tag: &str) -> Result<Staging, CheckpointError> {
+        clean_staging(root, container_id);
         let path = root.join(format!("{container_id}-{tag}"));
         std::fs::create_dir_all(&path).map_err(io("creating", &path))?;
-        Ok(Staging { path })
+        let staging = Staging { path };
+        for dir in [staging.images(), staging.work()] {
+            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        }
+        Ok(staging)
+    }
+
+    /// The checkpoint tree that becomes the image layer.
+    pub(super) fn tree(&self) -> PathBuf {
+        self.path.join("tree")
+    }
+
+    /// CRIU's images, in the tree.
+    pub(super) fn images(&self) -> PathBuf {
+        self.tree().join(files::CHECKPOINT_DIR)
+    }
+
+    /// CRIU's work directory (its log and statistics), outside the tree.
+    pub(super) fn work(&self) -> PathBuf {
+        self.path.join("work")
     }
 }
 
 impl Drop for Staging {
+    /// Removed in the background: a multi-GiB tree takes seconds.
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove staging directory");
-        }
+        crate::blocking::remove_tree_later(self.path.clone());
     }
 }
 
 /// Removes staging directories a killed process left for this container.
 /// Called with the container's checkpoint lock held, so none is in use.
-pub(super) fn clean_staging(root: &Path, container_id: &str) {
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Staging::prepare)")]
+fn clean_staging(root: &Path, container_id: &str) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     let prefix = format!("{container_id}-");
     for entry in entries.filter_map(Result::ok) {

@@ -65,19 +65,9 @@ impl Restorer {
             }
         }
         let tree = dir.join(plan::TREE_DIR);
-        if tree.exists() {
-            // Gigabytes of images: removed on the blocking pool, not on the event loop
-            // (StartContainer's answer does not wait for it).
-            let remove = move || {
-                if let Err(e) = std::fs::remove_dir_all(&tree) {
-                    tracing::warn!(path = %tree.display(), error = %e, "cannot remove the unpacked checkpoint");
-                }
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(remove)),
-                Err(_) => remove(),
-            }
-        }
+        // Gigabytes of images: removed on the blocking pool, not on the event
+        // loop (StartContainer's answer does not wait for it).
+        crate::blocking::remove_tree_later(tree);
     }
 
     /// After containerd created the container `container_id` for `staged`:
@@ -85,7 +75,8 @@ impl Restorer {
     /// is removed again ([`discard`](Self::discard)): a container promised a
     /// restore never starts fresh.
     pub async fn commit(&self, staged: Staged, container_id: &str) -> Result<PathBuf, RestoreError> {
-        match staged.commit(container_id) {
+        let id = container_id.to_owned();
+        match crate::blocking::run(move || staged.commit(&id)).await {
             Ok(dir) => Ok(dir),
             Err(err) => {
                 tracing::error!(container_id, error = %err, "the restore plan could not be written; removing the created container");
@@ -101,26 +92,32 @@ impl Restorer {
         if let Err(status) = self.runtime.remove_container(container_id).await {
             tracing::error!(container_id, error = %status.message(), "cannot remove a container whose restore plan failed");
         }
-        self.removed(container_id);
+        self.removed(container_id).await;
     }
 
     /// Removes the plans of containers the runtime no longer knows (removed
     /// while lazarus was down). Run once at start; a runtime that cannot be
     /// asked leaves everything in place.
     pub async fn sweep_stale_plans(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.config.restore_dir) else { return };
-        let ids: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| !name.starts_with('.') && plan::valid_container_id(name))
-            .collect();
+        let restore_dir = self.config.restore_dir.clone();
+        #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+        let listed = crate::blocking::run(move || {
+            std::fs::read_dir(&restore_dir).map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|name| !name.starts_with('.') && plan::valid_container_id(name))
+                    .collect::<Vec<String>>()
+            })
+        })
+        .await;
+        let Ok(ids) = listed else { return };
         for id in ids {
             match self.runtime.container_status(&id, false).await {
                 Err(status) if status.code() == Code::NotFound => {
                     tracing::info!(container_id = %id, "removing the restore plan of a container that no longer exists");
                     let dir = plan::plan_dir(&self.config.restore_dir, &id);
-                    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-                    if let Ok(Err(e)) = removed {
+                    if let Err(e) = crate::blocking::remove_tree(dir).await {
                         tracing::warn!(container_id = %id, error = %e, "cannot remove a stale restore plan");
                     }
                 }
@@ -133,14 +130,15 @@ impl Restorer {
         }
     }
 
-    /// After `RemoveContainer`: the plan dir goes too.
-    pub fn removed(&self, container_id: &str) {
+    /// After `RemoveContainer`: the plan dir goes too, before the answer (on
+    /// the blocking pool: it may still hold an unpacked checkpoint).
+    pub async fn removed(&self, container_id: &str) {
         if !plan::valid_container_id(container_id) {
             return;
         }
         let dir = plan::plan_dir(&self.config.restore_dir, container_id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).ok();
+        if let Err(error) = crate::blocking::remove_tree(dir.clone()).await {
+            tracing::warn!(container_id, path = %dir.display(), %error, "cannot remove the restore plan");
         }
     }
 }

@@ -212,13 +212,15 @@ async fn latest_skips_a_remembered_failure_and_a_corrupt_checkpoint() {
     assert!(message.contains(&format!("checkpoint local:ns/p/app:t2@{corrupt} is unusable")), "{message}");
     assert!(message.contains(&format!("local:ns/p/app:t1@{oldest}: its restore failed before")), "{message}");
     // A staged restore dropped uncommitted leaves nothing behind.
-    let left: Vec<_> = std::fs::read_dir(&bed.restorer.config.restore_dir)
-        .expect("restore dir")
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n != ".cache")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&bed.restorer.config.restore_dir)
+            .expect("restore dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".cache")
+            .collect()
+    };
+    crate::blocking::eventually("staging dirs removed", || left().is_empty()).await;
 }
 
 #[tokio::test]

@@ -32,7 +32,9 @@ impl Staged {
         &self.origin.source
     }
 
-    /// Makes the staged tree the restore plan of `container_id`.
+    /// Makes the staged tree the restore plan of `container_id`. Blocking:
+    /// call through `blocking::run`.
+    #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::commit)")]
     pub fn commit(mut self, container_id: &str) -> Result<PathBuf, RestoreError> {
         if !plan::valid_container_id(container_id) {
             return Err(RestoreError::Runtime(format!(
@@ -59,9 +61,11 @@ impl Staged {
 }
 
 impl Drop for Staged {
+    /// An uncommitted staging dir is removed in the background: it may hold
+    /// gigabytes of unpacked images.
     fn drop(&mut self) {
         if !self.committed {
-            std::fs::remove_dir_all(&self.dir).ok();
+            crate::blocking::remove_tree_later(self.dir.clone());
         }
     }
 }
@@ -81,12 +85,8 @@ impl Restorer {
             Candidate::Registry { reference: pinned } => Some(self.download(pinned, wait).await?),
             _ => None,
         };
-        // A unique name from tempfile; `Staged` owns the removal from here on.
-        let dir = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .tempdir_in(&self.config.restore_dir)
-            .map_err(io("creating a staging dir in", &self.config.restore_dir))?
-            .keep();
+        let restore_dir = self.config.restore_dir.clone();
+        let dir = crate::blocking::run(move || staging_dir(&restore_dir)).await?;
         let mut staged = Staged {
             dir: dir.clone(),
             restore_dir: self.config.restore_dir.clone(),
@@ -95,27 +95,31 @@ impl Restorer {
             bytes: 0,
         };
         let tree = dir.join(plan::TREE_DIR);
-        std::fs::create_dir(&tree).map_err(io("creating", &tree))?;
         let (store, candidate2, tree2, downloaded2) =
             (self.store.clone(), candidate.clone(), tree.clone(), downloaded.clone());
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || match downloaded2 {
-            Some(download) => unpack_download(&candidate2.reference(), &download, &tree2),
-            None => unpack_candidate(&store, &candidate2, &tree2),
+        // Unpacking (and hashing) gigabytes, and reading what the checkpoint
+        // says of itself, on the blocking pool.
+        let outcome = crate::blocking::run(move || {
+            let (annotations, image_arch, unpacked) = match downloaded2 {
+                Some(download) => unpack_download(&candidate2.reference(), &download, &tree2),
+                None => unpack_candidate(&store, &candidate2, &tree2),
+            }?;
+            let meta = CheckpointMetadata::read(&tree2, &annotations, image_arch.as_deref());
+            let has_images = tree2.join(ann::files::CHECKPOINT_DIR).is_dir();
+            Ok::<_, RestoreError>((meta, has_images, unpacked))
         })
-        .await
-        .map_err(|e| RestoreError::Runtime(format!("unpacking task: {e}")))?;
+        .await;
         if let Some(download) = &downloaded {
             self.fetcher.release(&download.layer_digest);
         }
-        let (annotations, image_arch, unpacked) = outcome?;
-        let meta = CheckpointMetadata::read(&tree, &annotations, image_arch.as_deref());
+        let (meta, has_images, unpacked) = outcome?;
         let target =
             Target { namespace: &subject.namespace, image_ids, image_name: &subject.image.image, arch: ann::go_arch() };
         let cross = checks::cross_namespace_allowed(&reference, &self.config.cross_namespace_sources);
         checks::check(&meta, &target, cross)
             .map_err(|failure| RestoreError::Check { reference: reference.clone(), failure })?;
-        if !tree.join(ann::files::CHECKPOINT_DIR).is_dir() {
+        if !has_images {
             return Err(RestoreError::Corrupt {
                 reference,
                 reason: format!("it has no {}/ directory of CRIU images", ann::files::CHECKPOINT_DIR),
@@ -140,7 +144,12 @@ impl Restorer {
         let config = resolved.manifest.config();
         let config_path =
             self.fetcher.blob(pinned, config.digest().as_ref(), config.size(), wait).await.map_err(fetch_err)?;
-        let config_bytes = std::fs::read(&config_path).map_err(io("reading", &config_path))?;
+        let config_bytes = {
+            let path = config_path.clone();
+            #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+            let read = crate::blocking::run(move || std::fs::read(path)).await;
+            read.map_err(io("reading", &config_path))?
+        };
         self.fetcher.release(config.digest().as_ref());
         let arch =
             serde_json::from_slice::<ImageConfiguration>(&config_bytes).ok().map(|c| c.architecture().to_string());
@@ -161,6 +170,7 @@ struct Download {
     arch: Option<String>,
 }
 
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::stage)")]
 fn unpack_download(reference: &str, download: &Download, tree: &Path) -> Result<UnpackOutcome, RestoreError> {
     let file = std::fs::File::open(&download.layer_path).map_err(io("opening", &download.layer_path))?;
     // Verified while downloading; unpacking checks the archive's safety.
@@ -172,6 +182,7 @@ fn unpack_download(reference: &str, download: &Download, tree: &Path) -> Result<
 /// Manifest annotations, image architecture and what was unpacked.
 type UnpackOutcome = (BTreeMap<String, String>, Option<String>, archive::Unpacked);
 
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::stage)")]
 fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result<UnpackOutcome, RestoreError> {
     let reference = candidate.reference();
     match candidate {
@@ -210,4 +221,21 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             Ok((annotations, arch, unpacked))
         }
     }
+}
+
+/// A fresh staging dir (a unique name from tempfile) with an empty `tree/`;
+/// the caller's `Staged` owns its removal.
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::stage)")]
+fn staging_dir(restore_dir: &Path) -> Result<PathBuf, RestoreError> {
+    let dir = tempfile::Builder::new()
+        .prefix(STAGING_PREFIX)
+        .tempdir_in(restore_dir)
+        .map_err(io("creating a staging dir in", restore_dir))?
+        .keep();
+    let tree = dir.join(plan::TREE_DIR);
+    if let Err(e) = std::fs::create_dir(&tree) {
+        crate::blocking::remove_tree_later(dir);
+        return Err(io("creating", &tree)(e));
+    }
+    Ok(dir)
 }
