@@ -411,8 +411,8 @@ impl Bed {
         let start = Instant::now();
         let checkpoint = async {
             let mut cri = Cri::connect(&socket)?;
-            timed(&phases, &format!("{mib} MiB checkpoint (StopContainer, checkpoint-on-stop)"), async {
-                let request = v1::StopContainerRequest { container_id: ckpt_id.clone(), timeout: 300 };
+            timed(&phases, &format!("{mib} MiB checkpoint + stop (StopContainer, checkpoint-on-stop)"), async {
+                let request = v1::StopContainerRequest { container_id: ckpt_id.clone(), timeout: 120 };
                 cri.runtime.stop_container(request).await?;
                 Ok(())
             })
@@ -505,7 +505,11 @@ impl Bed {
 }
 
 fn memhog_config(pod: &v1::PodSandboxConfig, image: &str, memhog: &Path, mib: usize) -> v1::ContainerConfig {
-    let mut config = container_config(pod, "memhog", image, &["/memhog", &mib.to_string()]);
+    // memhog as PID 1 would ignore StopContainer's SIGTERM (and the stop
+    // would wait out its whole timeout after the checkpoint): a shell that
+    // exits on TERM runs it.
+    let script = format!("trap 'exit 0' TERM; /memhog {mib} & wait");
+    let mut config = container_config(pod, "memhog", image, &["/bin/sh", "-c", &script]);
     config.mounts.push(v1::Mount {
         container_path: "/memhog".into(),
         host_path: memhog.display().to_string(),
