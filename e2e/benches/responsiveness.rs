@@ -24,8 +24,12 @@
 //! Nothing is asserted: the issue's goal (busy p99 ≤ 2× idle p99) is
 //! reported, not checked.
 //!
+//! As a control, the same calls go straight to containerd at a lower rate
+//! (`--direct-rate`, 0 for none) in the same windows: what the machine and
+//! containerd alone do to them.
+//!
 //! `cargo bench -p lazarus-e2e --bench responsiveness [-- --size MIB --rounds N
-//! --idle-secs S --clients N --rate CALLS_PER_S --settle-secs S]`
+//! --idle-secs S --clients N --rate CALLS_PER_S --direct-rate CALLS_PER_S --settle-secs S]`
 //! (needs `e2e/testbed/testbed.sh up`, gcc with static glibc; run as root).
 //! Pods are created in the namespace `lazarus-bench-responsiveness` only,
 //! and only pods of that namespace are removed.
@@ -564,6 +568,8 @@ async fn main() -> Result<()> {
     let clients: usize = arg("--clients", 4).max(1);
     let rate: f64 = arg("--rate", 200.0);
     let settle = Duration::from_secs_f64(arg("--settle-secs", 5.0));
+    // The control: the same calls straight to containerd (0: none).
+    let direct_rate: f64 = arg("--direct-rate", 50.0);
     ensure!(rate > 0.0 && rounds > 0, "--rate and --rounds must be positive");
 
     let testbed = Testbed::load()?;
@@ -589,6 +595,11 @@ async fn main() -> Result<()> {
     eprintln!("local: {local}\nregistry: {remote}");
 
     let probes = Probes::start(&bed.lazarus.socket, clients, rate, &probe_id)?;
+    let direct = if direct_rate > 0.0 {
+        Some(Probes::start(&testbed.containerd_socket()?, clients, direct_rate, &probe_id)?)
+    } else {
+        None
+    };
     // Warm-up: connections made, nothing counted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut windows = Vec::new();
@@ -610,6 +621,10 @@ async fn main() -> Result<()> {
     }
     .await;
     let samples = probes.stop().await;
+    let direct = match direct {
+        Some(direct) => direct.stop().await,
+        None => Vec::new(),
+    };
     let swept = bed.sweep().await;
     // The daemon's log outlives the run's temporary directory.
     let log = PathBuf::from("/var/tmp/lazarus-bench-responsiveness.log");
@@ -624,11 +639,11 @@ async fn main() -> Result<()> {
         return Err(e);
     }
     swept?;
-    report(&samples, &windows, &log);
+    report(&samples, &direct, direct_rate, &windows, &log);
     Ok(())
 }
 
-fn report(samples: &[Sample], windows: &[Window], log: &Path) {
+fn summary(samples: &[Sample], windows: &[Window]) {
     let ms = |v: f64| format!("{v:.2}");
     println!(
         "| call | idle calls | idle p50 ms | idle p99 ms | busy calls | busy p50 ms | busy p99 ms | p99 busy ÷ idle |"
@@ -653,15 +668,33 @@ fn report(samples: &[Sample], windows: &[Window], log: &Path) {
             b99 / i99,
         );
     }
+}
 
-    println!("\n| round | window | length s | calls | p50 ms | p99 ms | max ms | lazarus CPU s |");
-    println!("|---|---|---|---|---|---|---|---|");
+fn window_p99(samples: &[Sample], w: &Window) -> f64 {
+    let mut lat: Vec<f64> = samples.iter().filter(|s| in_window(s, w)).filter_map(|s| s.ms).collect();
+    lat.sort_by(f64::total_cmp);
+    percentile(&lat, 0.99)
+}
+
+fn report(samples: &[Sample], direct: &[Sample], direct_rate: f64, windows: &[Window], log: &Path) {
+    let ms = |v: f64| format!("{v:.2}");
+    println!("through lazarus:\n");
+    summary(samples, windows);
+    if !direct.is_empty() {
+        println!(
+            "\ncontrol, the same calls sent directly to containerd at {direct_rate:.0} calls/s in the same windows \
+             (not through lazarus):\n"
+        );
+        summary(direct, windows);
+    }
+    println!("\n| round | window | length s | calls | p50 ms | p99 ms | max ms | lazarus CPU s | direct p99 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for w in windows {
         let mut lat: Vec<f64> = samples.iter().filter(|s| in_window(s, w)).filter_map(|s| s.ms).collect();
         lat.sort_by(f64::total_cmp);
         let failed = samples.iter().filter(|s| in_window(s, w) && s.ms.is_none()).count();
         println!(
-            "| {} | {} | {:.1} | {}{} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {:.1} | {}{} | {} | {} | {} | {:.2} | {} |",
             w.round,
             if w.kind == Kind::Idle { "idle" } else { "busy" },
             secs(w.start, w.end),
@@ -671,6 +704,7 @@ fn report(samples: &[Sample], windows: &[Window], log: &Path) {
             ms(percentile(&lat, 0.99)),
             ms(lat.last().copied().unwrap_or(f64::NAN)),
             w.cpu_s,
+            ms(window_p99(direct, w)),
         );
     }
     let busy: Vec<&Window> = windows.iter().filter(|w| w.kind == Kind::Busy).collect();
