@@ -12,31 +12,6 @@
 use std::io;
 use std::path::PathBuf;
 
-/// The nice value of the blocking pool's threads (and of the threads they
-/// start, such as zstd's workers). The event loop keeps the daemon's own
-/// priority, so on a node whose cores are busy with a checkpoint's
-/// compression or a restore's unpacking, kubelet's calls are still served
-/// first; the checkpoint takes longer instead.
-pub const BLOCKING_NICE: i32 = 10;
-
-/// The daemon's runtime: one event-loop thread — a CRI call through lazarus is
-/// I/O, and keeping both HTTP/2 legs of a call on one thread avoids
-/// cross-thread wake-ups (measured ~40 µs less added latency per call than two
-/// workers, docs/benchmarks.md) — and tokio's blocking pool, whose threads
-/// lower their priority to [`BLOCKING_NICE`] when they start.
-pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("lazarus-blocking")
-        .on_thread_start(|| {
-            // Linux: PRIO_PROCESS with pid 0 is the calling thread.
-            if let Err(error) = rustix::process::setpriority_process(None, BLOCKING_NICE) {
-                tracing::debug!(%error, "could not lower the priority of a blocking-pool thread");
-            }
-        })
-        .build()
-}
-
 /// Runs `work` on the blocking pool and waits for it without blocking the
 /// event loop. A panic in `work` is resumed here, as if it had run inline.
 pub async fn run<T, F>(work: F) -> T
@@ -157,23 +132,6 @@ mod tests {
         std::fs::create_dir_all(tree.join("x")).expect("mkdir");
         remove_tree_later(tree.clone());
         assert!(!tree.exists());
-    }
-
-    #[test]
-    fn blocking_work_runs_at_a_lower_priority_than_the_event_loop() {
-        let runtime = runtime().expect("runtime");
-        let (event_loop, pool) = runtime.block_on(async {
-            let event_loop = rustix::process::getpriority_process(None).expect("getpriority");
-            let pool = run(|| rustix::process::getpriority_process(None).expect("getpriority")).await;
-            (event_loop, pool)
-        });
-        let own = rustix::process::getpriority_process(None).expect("getpriority");
-        assert_eq!(event_loop, own, "the event loop keeps the daemon's priority");
-        if own <= BLOCKING_NICE {
-            assert_eq!(pool, BLOCKING_NICE, "blocking threads run at nice {BLOCKING_NICE}");
-        } else {
-            assert!(pool >= BLOCKING_NICE, "blocking threads never run above nice {BLOCKING_NICE}: {pool}");
-        }
     }
 
     #[tokio::test(flavor = "current_thread")]
