@@ -8,6 +8,7 @@
 //! - [`rootfs_diff`]: the container's writable-layer diff, taken and applied;
 //! - [`archive`]: safe unpacking of a checkpoint tree, digest checked on the way;
 //! - [`metadata`]: what a checkpoint says about where it came from;
+//! - [`criu_log`]: what is quoted of CRIU's logs when a dump or restore fails;
 //! - [`criu_stats`]: CRIU's `stats-dump` image (frozen time);
 //! - [`compression`], [`digest`], [`fsutil`], [`errors`]: the one copy of compression
 //!   sniffing, sha256 streaming, atomic writes, `PATH` search and error chains.
@@ -18,6 +19,7 @@
 pub mod annotations;
 pub mod archive;
 pub mod compression;
+pub mod criu_log;
 pub mod criu_stats;
 pub mod digest;
 pub mod errors;

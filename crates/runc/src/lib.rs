@@ -266,7 +266,7 @@ impl Wrapper {
             .ran_runc
             .then(|| fs::read(&restore_log_path).ok())
             .flatten()
-            .map(|text| logs::relevant_lines(&String::from_utf8_lossy(&text)));
+            .map(|text| lazarus_format::criu_log::relevant_lines(&String::from_utf8_lossy(&text)));
         let source = progress.source.unwrap_or_else(|| "an unreadable restore plan".to_owned());
         let elapsed = started.elapsed().as_millis();
         let (result, action) = match outcome {

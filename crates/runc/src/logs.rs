@@ -1,52 +1,10 @@
-//! The logs the wrapper reads and writes: CRIU's `restore.log`, runc's JSON log (where
-//! containerd's shim finds the error of a failed call), the wrapper's own log, and the UTC
-//! timestamps they carry.
+//! The logs the wrapper reads and writes: runc's JSON log (where containerd's shim finds the
+//! error of a failed call), the wrapper's own log, and the UTC timestamps they carry. What is
+//! quoted of CRIU's `restore.log` is chosen by [`lazarus_format::criu_log`].
 
 use std::io::Write;
 use std::path::Path;
 use std::time::SystemTime;
-
-/// At most this many error lines of CRIU's log are reported.
-pub const MAX_ERROR_LINES: usize = 15;
-/// The last lines of CRIU's log are reported too (CRIU ends with its verdict).
-pub const TAIL_LINES: usize = 3;
-/// A reported line is cut to this many bytes.
-const MAX_LINE: usize = 400;
-
-/// The lines of a CRIU log worth reporting, in log order: the first [`MAX_ERROR_LINES`] that
-/// mention an error or a failure, then the last [`TAIL_LINES`] lines not already taken.
-pub fn relevant_lines(log: &str) -> Vec<String> {
-    let lines: Vec<&str> = log.lines().map(str::trim_end).filter(|line| !line.trim().is_empty()).collect();
-    let mut picked: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, line)| {
-            let lower = line.to_ascii_lowercase();
-            lower.contains("error") || lower.contains("fail")
-        })
-        .map(|(index, _)| index)
-        .take(MAX_ERROR_LINES)
-        .collect();
-    for index in lines.len().saturating_sub(TAIL_LINES)..lines.len() {
-        if !picked.contains(&index) {
-            picked.push(index);
-        }
-    }
-    picked.sort_unstable();
-    picked.into_iter().map(|index| shorten(lines[index])).collect()
-}
-
-/// `line` cut to [`MAX_LINE`] bytes (at a character boundary), marked with `…` when cut.
-fn shorten(line: &str) -> String {
-    if line.len() <= MAX_LINE {
-        return line.to_owned();
-    }
-    let mut end = MAX_LINE;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &line[..end])
-}
 
 /// The message of the last `"level":"error"` entry of a runc JSON log text (runc writes its
 /// own reason for failing there), on one line.
@@ -84,50 +42,6 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-
-    #[test]
-    fn picks_errors_and_the_end_of_a_criu_log() {
-        let log = "\
-(00.000001) Version: 4.1.1
-(00.000100) Will drop all TCP connections on restore
-(00.010000) Error (criu/image.c:463): Unable to open inventory.img: No such file or directory
-(00.010100) Warn  (criu/cr-restore.c:12): something harmless
-(00.010200) mnt: Switching to new ns to clean ghosts
-(00.010300) Error (criu/cr-restore.c:2522): Restoring FAILED.
-(00.010400) Unlock network
-(00.010500) Running network-unlock scripts
-
-";
-        assert_eq!(
-            relevant_lines(log),
-            [
-                "(00.010000) Error (criu/image.c:463): Unable to open inventory.img: No such file or directory",
-                "(00.010300) Error (criu/cr-restore.c:2522): Restoring FAILED.",
-                "(00.010400) Unlock network",
-                "(00.010500) Running network-unlock scripts",
-            ]
-        );
-        assert!(relevant_lines("").is_empty());
-        assert_eq!(relevant_lines("only line\n"), ["only line"]);
-    }
-
-    #[test]
-    fn error_lines_are_capped_and_long_lines_cut() {
-        let mut log: String = (0..40).map(|i| format!("({i}) Error (criu/x.c:{i}): boom\n")).collect();
-        log.push_str("(98) pie: failed to do it\n(99) the end\n");
-        let lines = relevant_lines(&log);
-        assert_eq!(lines.len(), MAX_ERROR_LINES + TAIL_LINES);
-        assert_eq!(lines[0], "(0) Error (criu/x.c:0): boom");
-        assert_eq!(lines[MAX_ERROR_LINES - 1], "(14) Error (criu/x.c:14): boom");
-        assert_eq!(
-            &lines[MAX_ERROR_LINES..],
-            ["(39) Error (criu/x.c:39): boom", "(98) pie: failed to do it", "(99) the end"]
-        );
-
-        let long = format!("Error: {}", "é".repeat(400));
-        let cut = &relevant_lines(&long)[0];
-        assert!(cut.len() <= MAX_LINE + '…'.len_utf8() && cut.ends_with('…'));
-    }
 
     #[test]
     fn the_last_runc_error_of_a_json_log() {

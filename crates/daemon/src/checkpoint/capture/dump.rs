@@ -85,19 +85,12 @@ fn write_writable_layer(upper: &Path, diff_path: &Path, deleted_path: &Path, id:
 
 impl Checkpointer {}
 
-/// The lines of CRIU's dump log that explain a failure: errors and
-/// warnings, then the last lines.
+/// The lines of CRIU's dump log that explain a failure
+/// ([`lazarus_format::criu_log::relevant_lines`]), with the log's path.
 #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (dump_and_capture)")]
 pub fn dump_log_excerpt(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut picked: Vec<&str> = lines.iter().copied().filter(|l| l.contains("Error") || l.contains("Warn")).collect();
-    picked.truncate(20);
-    for line in lines.iter().rev().take(5).rev() {
-        if !picked.contains(line) {
-            picked.push(line);
-        }
-    }
+    let picked = lazarus_format::criu_log::relevant_lines(&text);
     if picked.is_empty() {
         return String::new();
     }
