@@ -423,118 +423,124 @@ impl Checkpointer {
             crate::blocking::run(move || Staging::prepare(&root, &id, &tag)).await?
         };
         let (tree, images, work) = (staging.tree(), staging.images(), staging.work());
+        // Everything from here on is written into the staging directory; it is
+        // removed before the answer (on the blocking pool), whatever the outcome.
+        let result = async {
+            // The cut: frozen from before the dump until the writable layer is
+            // captured. It runs as a task of its own, so a caller that stops
+            // waiting (the grace period of a stop) never leaves the container frozen.
+            let cut = {
+                let (this, target_id, images, work, tree) =
+                    (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
+                let pid = target.pid;
+                tokio::spawn(async move {
+                    let outcome = this.cut(&target_id, pid, &images, &work, &tree).await;
+                    drop(thawed);
+                    outcome
+                })
+            };
+            let cut = cut.await.map_err(|e| CheckpointError::Io {
+                action: "checkpointing",
+                path: staging.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+            let (dump_time, frozen_time) = (cut.dump_time, cut.frozen_time);
+            // CRIU writes its statistics next to its log, in the work directory.
+            let stats_path = work.join(files::STATS_DUMP);
+            #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+            let stats = crate::blocking::run(move || std::fs::read(stats_path).ok())
+                .await
+                .and_then(|b| lazarus_format::criu_stats::parse(&b));
+            let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
+            tracing::info!(
+                pod = %pod,
+                container = %container_name,
+                container_id = %container_id,
+                dump_ms = dump_time.as_millis() as u64,
+                frozen_ms = frozen_time.as_millis() as u64,
+                criu_frozen_ms = criu_frozen_time.map(|d| d.as_millis() as u64),
+                "memory and writable layer captured; container running again"
+            );
 
-        // The cut: frozen from before the dump until the writable layer is
-        // captured. It runs as a task of its own, so a caller that stops
-        // waiting (the grace period of a stop) never leaves the container frozen.
-        let cut = {
-            let (this, target_id, images, work, tree) =
-                (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
-            let pid = target.pid;
-            tokio::spawn(async move {
-                let outcome = this.cut(&target_id, pid, &images, &work, &tree).await;
-                drop(thawed);
-                outcome
-            })
-        };
-        let cut = cut.await.map_err(|e| CheckpointError::Io {
-            action: "checkpointing",
-            path: staging.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
-        let (dump_time, frozen_time) = (cut.dump_time, cut.frozen_time);
-        // CRIU writes its statistics next to its log, in the work directory.
-        let stats_path = work.join(files::STATS_DUMP);
-        #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
-        let stats = crate::blocking::run(move || std::fs::read(stats_path).ok())
-            .await
-            .and_then(|b| lazarus_format::criu_stats::parse(&b));
-        let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
-        tracing::info!(
-            pod = %pod,
-            container = %container_name,
-            container_id = %container_id,
-            dump_ms = dump_time.as_millis() as u64,
-            frozen_ms = frozen_time.as_millis() as u64,
-            criu_frozen_ms = criu_frozen_time.map(|d| d.as_millis() as u64),
-            "memory and writable layer captured; container running again"
-        );
+            // Everything else happens while the container runs.
+            let target = Arc::new(target);
+            let (host, side) = {
+                let (target, tree, work, created) = (target.clone(), tree.clone(), work.clone(), created.clone());
+                crate::blocking::run(move || {
+                    let host = HostFacts::read();
+                    let written = write_metadata_files(&target, &host, &tree, &work, &created);
+                    (host, written)
+                })
+                .await
+            };
+            side?;
+            let mut annotations = annotations(&target, &host, &container_name, stats.as_ref(), dump_time);
+            annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());
+            annotations.insert(ann::LAZARUS_TRIGGER.to_owned(), trigger.as_str().to_owned());
+            let committed = self
+                .package_and_commit(
+                    &tree,
+                    &staging.path,
+                    annotations,
+                    Commit { container_id: &container_id, key: &key, tag: &tag, created: &created, keep },
+                )
+                .await?;
+            let Committed { digest, layer_size, pruned } = committed;
+            let mut checkpoint = Checkpoint {
+                reference: format!("local:{key}:{tag}@{digest}"),
+                digest,
+                key,
+                tag,
+                size: layer_size,
+                dump_time,
+                frozen_time,
+                criu_frozen_time,
+                total_time: started.elapsed(),
+                pruned,
+                pushed: None,
+                push_error: None,
+            };
+            tracing::info!(
+                pod = %pod,
+                container = %container_name,
+                container_id = %container_id,
+                reference = %checkpoint.reference,
+                size = checkpoint.size,
+                total_ms = checkpoint.total_time.as_millis() as u64,
+                pruned,
+                "checkpoint committed"
+            );
 
-        // Everything else happens while the container runs.
-        let target = Arc::new(target);
-        let (host, side) = {
-            let (target, tree, work, created) = (target.clone(), tree.clone(), work.clone(), created.clone());
-            crate::blocking::run(move || {
-                let host = HostFacts::read();
-                let written = write_metadata_files(&target, &host, &tree, &work, &created);
-                (host, written)
-            })
-            .await
-        };
-        side?;
-        let mut annotations = annotations(&target, &host, &container_name, stats.as_ref(), dump_time);
-        annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());
-        annotations.insert(ann::LAZARUS_TRIGGER.to_owned(), trigger.as_str().to_owned());
-        let committed = self
-            .package_and_commit(
-                &tree,
-                &staging.path,
-                annotations,
-                Commit { container_id: &container_id, key: &key, tag: &tag, created: &created, keep },
-            )
-            .await?;
-        let Committed { digest, layer_size, pruned } = committed;
-        let mut checkpoint = Checkpoint {
-            reference: format!("local:{key}:{tag}@{digest}"),
-            digest,
-            key,
-            tag,
-            size: layer_size,
-            dump_time,
-            frozen_time,
-            criu_frozen_time,
-            total_time: started.elapsed(),
-            pruned,
-            pushed: None,
-            push_error: None,
-        };
-        tracing::info!(
-            pod = %pod,
-            container = %container_name,
-            container_id = %container_id,
-            reference = %checkpoint.reference,
-            size = checkpoint.size,
-            total_ms = checkpoint.total_time.as_millis() as u64,
-            pruned,
-            "checkpoint committed"
-        );
-
-        // The registry: never fails or undoes the local checkpoint.
-        let repository = match requested_repository {
-            Some(repository) => Some(repository),
-            None => match repository_from_annotations(&target.pod.annotations) {
-                Ok(repository) => repository,
-                Err(reason) => {
-                    self.metrics.annotation_rejected(ann::CHECKPOINT_REPOSITORY);
-                    self.metrics.checkpoint_pushed(false);
-                    tracing::warn!(
-                        pod = %pod,
-                        container = %container_name,
-                        container_id = %container_id,
-                        "{reason}; the local checkpoint is kept, nothing is pushed"
-                    );
-                    checkpoint.push_error = Some(reason);
-                    None
-                }
-            },
-        };
-        if let Some(repository) = repository {
-            // Pushing is network I/O: give the node-wide slot to the next dump,
-            // keep this container's lock (one checkpoint or push at a time).
-            let _container_lock = permit.release_slot();
-            self.push(&mut checkpoint, &container_id, &container_name, &repository, keep).await;
+            // The registry: never fails or undoes the local checkpoint.
+            let repository = match requested_repository {
+                Some(repository) => Some(repository),
+                None => match repository_from_annotations(&target.pod.annotations) {
+                    Ok(repository) => repository,
+                    Err(reason) => {
+                        self.metrics.annotation_rejected(ann::CHECKPOINT_REPOSITORY);
+                        self.metrics.checkpoint_pushed(false);
+                        tracing::warn!(
+                            pod = %pod,
+                            container = %container_name,
+                            container_id = %container_id,
+                            "{reason}; the local checkpoint is kept, nothing is pushed"
+                        );
+                        checkpoint.push_error = Some(reason);
+                        None
+                    }
+                },
+            };
+            if let Some(repository) = repository {
+                // Pushing is network I/O: give the node-wide slot to the next dump,
+                // keep this container's lock (one checkpoint or push at a time).
+                let _container_lock = permit.release_slot();
+                self.push(&mut checkpoint, &container_id, &container_name, &repository, keep).await;
+            }
+            Ok::<Checkpoint, CheckpointError>(checkpoint)
         }
-        Ok(checkpoint)
+        .await;
+        staging.remove().await;
+        result
     }
 
     /// Markers of containers a checkpoint holds frozen.

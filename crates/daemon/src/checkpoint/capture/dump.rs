@@ -142,10 +142,25 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Removes the directory on the blocking pool and waits for it.
+    pub(super) async fn remove(mut self) {
+        let path = std::mem::take(&mut self.path);
+        if let Err(error) = crate::blocking::remove_tree(path.clone()).await {
+            tracing::warn!(path = %path.display(), %error, "could not remove the staging directory");
+        }
+    }
+}
+
 impl Drop for Staging {
-    /// Removed in the background: a multi-GiB tree takes seconds.
+    /// A staging directory not removed by [`Staging::remove`] (its checkpoint
+    /// was abandoned half-way) is removed in the background: a multi-GiB tree
+    /// takes seconds. A leftover (the process ended first) goes at the
+    /// container's next checkpoint.
     fn drop(&mut self) {
-        crate::blocking::remove_tree_later(self.path.clone());
+        if !self.path.as_os_str().is_empty() {
+            crate::blocking::remove_tree_later(self.path.clone());
+        }
     }
 }
 
