@@ -41,27 +41,17 @@ pub async fn remove_tree(path: PathBuf) -> io::Result<()> {
 /// that cannot wait. Failures are logged. Outside a tokio runtime (a CLI
 /// command finishing, a test) it is removed at once.
 pub fn remove_tree_later(path: PathBuf) {
-    match tokio::runtime::Handle::try_current() {
-        #[expect(clippy::disallowed_methods, reason = "this is the boundary")]
-        Ok(handle) => {
-            handle.spawn_blocking(move || {
-                if let Err(error) = remove_tree_now(&path) {
-                    tracing::warn!(path = %path.display(), %error, "could not remove a directory");
-                }
-            });
+    later(move || {
+        if let Err(error) = remove_tree_now(&path) {
+            tracing::warn!(path = %path.display(), %error, "could not remove a directory");
         }
-        Err(_) => {
-            if let Err(error) = remove_tree_now(&path) {
-                tracing::warn!(path = %path.display(), %error, "could not remove a directory");
-            }
-        }
-    }
+    });
 }
 
 /// Removes the file at `path` in the background (a cached multi-GiB blob);
 /// failures other than "already gone" are logged.
 pub fn remove_file_later(path: PathBuf) {
-    let remove = move || {
+    later(move || {
         #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool, or outside any runtime")]
         let removed = std::fs::remove_file(&path);
         if let Err(error) = removed
@@ -69,11 +59,16 @@ pub fn remove_file_later(path: PathBuf) {
         {
             tracing::warn!(path = %path.display(), %error, "could not remove a file");
         }
-    };
+    });
+}
+
+/// Runs `work` on the blocking pool without waiting for it; outside a tokio
+/// runtime, at once.
+fn later(work: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         #[expect(clippy::disallowed_methods, reason = "this is the boundary")]
-        Ok(handle) => drop(handle.spawn_blocking(remove)),
-        Err(_) => remove(),
+        Ok(handle) => drop(handle.spawn_blocking(work)),
+        Err(_) => work(),
     }
 }
 

@@ -9,7 +9,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// What a stream's first bytes say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
+enum Detected {
     /// zstd frames.
     Zstd,
     /// gzip members.
@@ -19,7 +19,7 @@ pub enum Detected {
 }
 
 /// Recognises zstd or gzip from the first bytes of a stream.
-pub fn sniff(magic: &[u8]) -> Detected {
+fn sniff(magic: &[u8]) -> Detected {
     if magic.starts_with(&ZSTD_MAGIC) {
         Detected::Zstd
     } else if magic.starts_with(&GZIP_MAGIC) {

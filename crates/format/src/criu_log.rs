@@ -35,27 +35,17 @@ fn is_harmless(line: &str) -> bool {
 /// lines, which name files whose paths may say anything.
 pub fn relevant_lines(log: &str) -> Vec<String> {
     let lines: Vec<&str> = log.lines().map(str::trim_end).filter(|line| !line.trim().is_empty()).collect();
-    let marked: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, line)| line.contains(ERROR_MARK) && !is_harmless(line))
-        .map(|(index, _)| index)
-        .take(MAX_ERROR_LINES)
-        .collect();
-    let mut picked = if marked.is_empty() && !lines.iter().any(|line| line.contains(ERROR_MARK)) {
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(_, line)| {
-                let lower = line.to_ascii_lowercase();
-                (lower.contains("error") || lower.contains("fail")) && !line.contains(") Collected ")
-            })
-            .map(|(index, _)| index)
-            .take(MAX_ERROR_LINES)
-            .collect()
-    } else {
-        marked
+    let has_marks = lines.iter().any(|line| line.contains(ERROR_MARK));
+    let is_error = |line: &str| {
+        if has_marks {
+            line.contains(ERROR_MARK) && !is_harmless(line)
+        } else {
+            let lower = line.to_ascii_lowercase();
+            (lower.contains("error") || lower.contains("fail")) && !line.contains(") Collected ")
+        }
     };
+    let mut picked: Vec<usize> =
+        (0..lines.len()).filter(|&index| is_error(lines[index])).take(MAX_ERROR_LINES).collect();
     let tail_start = lines.len().saturating_sub(TAIL_LINES);
     for (index, line) in lines.iter().enumerate().skip(tail_start) {
         if !picked.contains(&index) && !is_harmless(line) {

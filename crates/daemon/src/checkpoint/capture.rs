@@ -445,12 +445,23 @@ impl Checkpointer {
                 source: std::io::Error::other(e.to_string()),
             })??;
             let (dump_time, frozen_time) = (cut.dump_time, cut.frozen_time);
-            // CRIU writes its statistics next to its log, in the work directory.
-            let stats_path = work.join(files::STATS_DUMP);
-            #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
-            let stats = crate::blocking::run(move || std::fs::read(stats_path).ok())
+            // Everything else happens while the container runs, in one trip to the
+            // blocking pool: CRIU's statistics (next to its log, in the work
+            // directory), the host facts and the side files.
+            let target = Arc::new(target);
+            let (stats, host, side) = {
+                let (target, tree, work, created) = (target.clone(), tree.clone(), work.clone(), created.clone());
+                #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+                crate::blocking::run(move || {
+                    let stats = std::fs::read(work.join(files::STATS_DUMP))
+                        .ok()
+                        .and_then(|b| lazarus_format::criu_stats::parse(&b));
+                    let host = HostFacts::read();
+                    let written = write_metadata_files(&target, &host, &tree, &work, &created);
+                    (stats, host, written)
+                })
                 .await
-                .and_then(|b| lazarus_format::criu_stats::parse(&b));
+            };
             let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
             tracing::info!(
                 pod = %pod,
@@ -461,18 +472,6 @@ impl Checkpointer {
                 criu_frozen_ms = criu_frozen_time.map(|d| d.as_millis() as u64),
                 "memory and writable layer captured; container running again"
             );
-
-            // Everything else happens while the container runs.
-            let target = Arc::new(target);
-            let (host, side) = {
-                let (target, tree, work, created) = (target.clone(), tree.clone(), work.clone(), created.clone());
-                crate::blocking::run(move || {
-                    let host = HostFacts::read();
-                    let written = write_metadata_files(&target, &host, &tree, &work, &created);
-                    (host, written)
-                })
-                .await
-            };
             side?;
             let mut annotations = annotations(&target, &host, &container_name, stats.as_ref(), dump_time);
             annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());

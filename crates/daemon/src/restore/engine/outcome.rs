@@ -137,6 +137,10 @@ impl Restorer {
             return;
         }
         let dir = plan::plan_dir(&self.config.restore_dir, container_id);
+        // One stat here spares the blocking pool for every container without a plan.
+        if !dir.exists() {
+            return;
+        }
         if let Err(error) = crate::blocking::remove_tree(dir.clone()).await {
             tracing::warn!(container_id, path = %dir.display(), %error, "cannot remove the restore plan");
         }
