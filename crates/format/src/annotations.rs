@@ -9,10 +9,17 @@ pub const CHECKPOINT_KEEP: &str = "lazarus.dev/checkpoint-keep";
 /// Pod annotation: OCI repository checkpoints are pushed to.
 pub const CHECKPOINT_REPOSITORY: &str = "lazarus.dev/checkpoint-repository";
 
+/// Pod annotation: the name the pod's checkpoints are kept under, in place of
+/// the pod's name (see [`crate::identity`]): pods re-created under new names
+/// (Jobs, Deployments, workflow engines) find their `latest`.
+pub const CHECKPOINT_NAME: &str = "lazarus.dev/checkpoint-name";
+
 /// Checkpoints kept per container when the pod does not say.
 pub const DEFAULT_KEEP: usize = 3;
 
-/// Index annotation grouping a container's checkpoints: `namespace/pod/container`.
+/// Index annotation grouping a container's checkpoints:
+/// `namespace/<identity>/container` (the identity is the pod's name unless
+/// [`CHECKPOINT_NAME`] or a Job label says otherwise).
 pub const CONTAINER_KEY: &str = "lazarus.dev/container-key";
 /// OCI: the tag of a manifest in an image layout.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";

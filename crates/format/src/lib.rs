@@ -4,6 +4,7 @@
 //! - [`annotations`]: names lazarus reads from pods and writes into checkpoint
 //!   images, the files of a checkpoint tree;
 //! - [`timefmt`]: the time formats (created annotations, time tags, runc logs);
+//! - [`identity`]: the name a pod's checkpoints are kept under;
 //! - [`plan`]: the restore plan directory the daemon leaves for the wrapper;
 //! - [`rootfs_diff`]: the container's writable-layer diff, taken and applied;
 //! - [`archive`]: safe unpacking of a checkpoint tree, digest checked on the way;
@@ -24,6 +25,7 @@ pub mod criu_stats;
 pub mod digest;
 pub mod errors;
 pub mod fsutil;
+pub mod identity;
 pub mod metadata;
 pub mod plan;
 pub mod rootfs_diff;

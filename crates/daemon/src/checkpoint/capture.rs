@@ -155,6 +155,14 @@ pub enum CheckpointError {
         /// The container.
         container_id: String,
     },
+    /// The pod's `lazarus.dev/checkpoint-name` cannot be a checkpoint name.
+    #[error("container {container_id}: {source}")]
+    Identity {
+        /// The container.
+        container_id: String,
+        /// Why.
+        source: lazarus_format::identity::IdentityError,
+    },
     /// Packaging the image.
     #[error("packaging the checkpoint of container {container_id}: {source}")]
     Package {
@@ -190,6 +198,7 @@ impl CheckpointError {
             CheckpointError::Freeze(FreezeError::Resume { .. }) => "thaw",
             CheckpointError::Freeze(_) => "freeze",
             CheckpointError::Stopping { .. } => "stopping",
+            CheckpointError::Identity { .. } => "annotation",
             CheckpointError::Package { .. } => "package",
             CheckpointError::Store { .. } => "store",
         }
@@ -204,6 +213,7 @@ impl From<CheckpointError> for Status {
             CheckpointError::NotRunning { .. } => tonic::Code::FailedPrecondition,
             CheckpointError::Lock(LockError::Busy { .. }) => tonic::Code::Aborted,
             CheckpointError::Stopping { .. } => tonic::Code::FailedPrecondition,
+            CheckpointError::Identity { .. } => tonic::Code::InvalidArgument,
             CheckpointError::Runtime { .. } => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         };
@@ -413,10 +423,12 @@ impl Checkpointer {
         let metadata = target.pod.metadata.clone().unwrap_or_default();
         let container_name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let pod = format!("{}/{}", metadata.namespace, metadata.name);
-        let key = format!("{pod}/{container_name}");
+        let identity = lazarus_format::identity::identity(&metadata.name, &target.pod.labels, &target.pod.annotations)
+            .map_err(|source| CheckpointError::Identity { container_id: container_id.clone(), source })?;
+        let key = format!("{}/{}/{container_name}", metadata.namespace, identity.name);
         let keep = keep.unwrap_or_else(|| keep_from_annotations(&target.pod.annotations));
         let (created, tag) = now_rfc3339();
-        tracing::info!(pod = %pod, container = %container_name, container_id = %container_id, trigger = trigger.as_str(), "checkpoint started");
+        tracing::info!(pod = %pod, container = %container_name, container_id = %container_id, checkpoint_name = %identity.name, identity_from = identity.source.as_str(), trigger = trigger.as_str(), "checkpoint started");
 
         let staging = {
             let (root, id, tag) = (self.config.state_dir.join("staging"), container_id.clone(), tag.clone());

@@ -127,12 +127,19 @@ impl Scheduler {
                     ..Default::default()
                 })
                 .await?;
-            let namespace_pod =
-                pod.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
+            let metadata = pod.metadata.clone().unwrap_or_default();
+            let namespace_pod = format!("{}/{}", metadata.namespace, metadata.name);
+            // The store groups checkpoints by identity (a re-created Job pod
+            // counts from its predecessor's newest); a malformed identity
+            // annotation fails the checkpoint itself, with its reason.
+            let identity = lazarus_format::identity::identity(&metadata.name, &pod.labels, &pod.annotations)
+                .map(|identity| format!("{}/{}", metadata.namespace, identity.name))
+                .ok();
             for container in containers {
                 seen.insert(container.id.clone());
                 let name = container.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-                self.consider(&container.id, &namespace_pod, &name, container.created_at, interval);
+                let key = identity.as_ref().map(|identity| format!("{identity}/{name}"));
+                self.consider(&container.id, &namespace_pod, key, &name, container.created_at, interval);
             }
         }
         // Forget containers that are gone, and their stopping markers.
@@ -146,7 +153,15 @@ impl Scheduler {
         Ok(())
     }
 
-    fn consider(&self, container_id: &str, pod: &str, name: &str, created_at_nanos: i64, interval: Duration) {
+    fn consider(
+        &self,
+        container_id: &str,
+        pod: &str,
+        key: Option<String>,
+        name: &str,
+        created_at_nanos: i64,
+        interval: Duration,
+    ) {
         let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(created_at_nanos).unwrap_or(0));
         let due = self
             .due
@@ -169,7 +184,8 @@ impl Scheduler {
         let container_id = container_id.to_owned();
         let (pod, name) = (pod.to_owned(), name.to_owned());
         tokio::spawn(async move {
-            let next = this.run_due(&container_id, &pod, &name, started, interval, due.failures).await;
+            let watched = Watched { container_id: &container_id, pod: &pod, key: key.as_deref(), name: &name };
+            let next = this.run_due(&watched, started, interval, due.failures).await;
             this.due.lock().unwrap_or_else(PoisonError::into_inner).insert(container_id.clone(), next);
             this.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&container_id);
         });
@@ -191,22 +207,19 @@ impl Scheduler {
 
     /// A container that fell due: checkpoint it unless it is stopping or a
     /// newer checkpoint (of any trigger) moved its due time. Returns its next due time.
-    async fn run_due(
-        &self,
-        container_id: &str,
-        pod: &str,
-        name: &str,
-        started: SystemTime,
-        interval: Duration,
-        failures: u32,
-    ) -> Due {
+    async fn run_due(&self, watched: &Watched<'_>, started: SystemTime, interval: Duration, failures: u32) -> Due {
+        let Watched { container_id, pod, key, name } = *watched;
         let jitter = jitter(container_id, interval);
         if self.engine.stopping_markers().exists(container_id).await {
             tracing::debug!(pod, container = name, container_id, "stopping: no periodic checkpoint");
             return Due { at: SystemTime::now() + interval, failures };
         }
         if failures == 0 {
-            let due = next_due(self.newest_checkpoint(&format!("{pod}/{name}")).await, started, interval, jitter);
+            let newest = match key {
+                Some(key) => self.newest_checkpoint(key).await,
+                None => None,
+            };
+            let due = next_due(newest, started, interval, jitter);
             if due > SystemTime::now() {
                 return Due { at: due, failures };
             }
@@ -240,6 +253,19 @@ impl Scheduler {
 }
 
 pub use lazarus_format::timefmt::parse_rfc3339;
+
+/// A running container the scheduler checkpoints.
+#[derive(Debug, Clone, Copy)]
+struct Watched<'a> {
+    container_id: &'a str,
+    /// `namespace/pod`, for logs.
+    pod: &'a str,
+    /// Its checkpoints' key in the store (`namespace/<identity>/container`);
+    /// `None` when the pod's identity annotation is malformed.
+    key: Option<&'a str>,
+    /// The container's name.
+    name: &'a str,
+}
 
 #[cfg(test)]
 mod tests {

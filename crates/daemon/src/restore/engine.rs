@@ -17,6 +17,7 @@ use crate::metrics::RestoreResult;
 use crate::runtime::Runtime;
 use lazarus_format::archive::{self, ArchiveError};
 use lazarus_format::fsutil::{read_json, write_json_atomic};
+use lazarus_format::identity;
 use lazarus_format::plan;
 use lazarus_registry::Reference;
 use lazarus_store::Store;
@@ -187,6 +188,8 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Resto
 #[derive(Debug, Clone)]
 struct Subject {
     namespace: String,
+    /// The pod's checkpoint identity ([`lazarus_format::identity`]).
+    identity: String,
     pod: String,
     container: String,
     sandbox_id: String,
@@ -195,8 +198,9 @@ struct Subject {
 }
 
 impl Subject {
+    /// Where its checkpoints are kept: `namespace/<identity>/container`.
     fn key(&self) -> String {
-        format!("{}/{}/{}", self.namespace, self.pod, self.container)
+        format!("{}/{}/{}", self.namespace, self.identity, self.container)
     }
 }
 
@@ -273,21 +277,33 @@ impl Restorer {
         let container = request.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone());
         let Some(container) = container else { return Ok(None) };
         let metadata = sandbox.metadata.clone().unwrap_or_default();
+        let refuse = |err: AnnotationError| {
+            let err = RestoreError::from(err);
+            let pod = format!("{}/{}", metadata.namespace, metadata.name);
+            tracing::warn!(pod = %pod, container = %container, error = %err, "restore refused; the container is not created");
+            self.metrics.restore(RestoreResult::Failed);
+            self.metrics.restore_failed(err.reason());
+            err
+        };
         let wanted = match ra::request_for(&sandbox.annotations, &container) {
             Ok(Some(wanted)) => wanted,
             Ok(None) => return Ok(None),
+            Err(err) => return Err(refuse(err)),
+        };
+        let identity = match identity::identity(&metadata.name, &sandbox.labels, &sandbox.annotations) {
+            Ok(identity) => identity,
             Err(err) => {
-                let err = RestoreError::from(err);
-                let pod = format!("{}/{}", metadata.namespace, metadata.name);
-                tracing::warn!(pod = %pod, container = %container, error = %err, "restore refused; the container is not created");
-                self.metrics.restore(RestoreResult::Failed);
-                self.metrics.restore_failed(err.reason());
-                return Err(err);
+                return Err(refuse(AnnotationError {
+                    annotation: lazarus_format::annotations::CHECKPOINT_NAME.to_owned(),
+                    value: err.value,
+                    reason: err.reason.to_owned(),
+                }));
             }
         };
         let subject = Subject {
-            namespace: metadata.namespace,
-            pod: metadata.name,
+            namespace: metadata.namespace.clone(),
+            identity: identity.name,
+            pod: metadata.name.clone(),
             container,
             sandbox_id: request.pod_sandbox_id.clone(),
             image: request.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),

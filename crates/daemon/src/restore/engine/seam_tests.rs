@@ -89,6 +89,11 @@ fn create_request(annotations: &[(&str, &str)]) -> v1::CreateContainerRequest {
 
 /// Commits a checkpoint of `ns/p/app` created at `created`; returns its manifest digest.
 fn commit_checkpoint(store: &Store, created: &str, tag: &str) -> String {
+    commit_checkpoint_keyed(store, created, tag, "ns/p/app")
+}
+
+/// Commits a checkpoint kept under `key` (`namespace/<identity>/container`).
+fn commit_checkpoint_keyed(store: &Store, created: &str, tag: &str, key: &str) -> String {
     let scratch = tempfile::tempdir().expect("tempdir");
     let tree = scratch.path().join("tree");
     std::fs::create_dir_all(tree.join(ann::files::CHECKPOINT_DIR)).expect("tree");
@@ -107,8 +112,8 @@ fn commit_checkpoint(store: &Store, created: &str, tag: &str) -> String {
         crate::checkpoint::image::package(store, &tree, scratch.path(), Compression::Zstd, &annotations, created)
             .expect("package");
     let index: BTreeMap<String, String> = [
-        (ann::REF_NAME.to_owned(), format!("ns/p/app:{tag}")),
-        (ann::CONTAINER_KEY.to_owned(), "ns/p/app".to_owned()),
+        (ann::REF_NAME.to_owned(), format!("{key}:{tag}")),
+        (ann::CONTAINER_KEY.to_owned(), key.to_owned()),
         (ann::CREATED.to_owned(), created.to_owned()),
     ]
     .into();
@@ -393,4 +398,39 @@ async fn stale_plans_go_only_when_the_runtime_says_the_container_is_gone() {
     bed.restorer.sweep_stale_plans().await;
     assert!(plan::plan_dir(&restore_dir, "unknown").exists());
     assert!(plan::plan_dir(&restore_dir, "alive").exists());
+}
+
+#[tokio::test]
+async fn latest_of_a_retried_job_pod_is_its_jobs_checkpoint_and_names_are_validated() {
+    let bed = bed();
+    let of_pod = commit_checkpoint(&bed.store, "2026-11-22T00:00:01.000Z", "t1");
+    let of_job = commit_checkpoint_keyed(&bed.store, "2026-11-22T00:00:02.000Z", "t2", "ns/assembly/app");
+    let of_name = commit_checkpoint_keyed(&bed.store, "2026-11-22T00:00:03.000Z", "t3", "ns/genome-7/app");
+    let latest = [(ra::RESTORE_FROM, "latest"), (ra::RESTORE_POLICY, "required")];
+
+    // A Job's pod (pod name "p", label job-name=assembly): the Job's checkpoint.
+    let mut request = create_request(&latest);
+    let sandbox = request.sandbox_config.as_mut().expect("sandbox");
+    sandbox.labels.insert(lazarus_format::identity::JOB_NAME_LABEL.into(), "assembly".into());
+    let staged = expect_staged(bed.restorer.prepare(&request, None).await);
+    assert_eq!(staged.origin.checkpoint, of_job);
+    assert_eq!(staged.origin.key, "ns/assembly/app");
+
+    // The annotation wins over the label.
+    let mut request = create_request(&[latest[0], latest[1], (ann::CHECKPOINT_NAME, "genome-7")]);
+    let sandbox = request.sandbox_config.as_mut().expect("sandbox");
+    sandbox.labels.insert(lazarus_format::identity::JOB_NAME_LABEL.into(), "assembly".into());
+    assert_eq!(expect_staged(bed.restorer.prepare(&request, None).await).origin.checkpoint, of_name);
+
+    // No label, no annotation: the pod's own name, as before.
+    assert_eq!(expect_staged(bed.restorer.prepare(&create_request(&latest), None).await).origin.checkpoint, of_pod);
+
+    // A malformed name is refused before anything is asked of the runtime.
+    let calls = bed.fake.calls().len();
+    let request = create_request(&[latest[0], (ann::CHECKPOINT_NAME, "a/b")]);
+    let err = bed.restorer.prepare(&request, None).await.expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.reason(), "annotation");
+    assert!(err.to_string().starts_with("annotation lazarus.dev/checkpoint-name=\"a/b\" rejected:"), "{err}");
+    assert_eq!(bed.fake.calls().len(), calls);
 }
