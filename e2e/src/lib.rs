@@ -27,9 +27,15 @@ pub fn testbed_env_path() -> PathBuf {
     std::env::var_os("LAZARUS_TESTBED_ENV").map_or_else(|| "/run/lazarus-testbed/env".into(), PathBuf::from)
 }
 
-/// The repository root.
+/// The repository root: of the `e2e` package cargo runs the tests of
+/// (`CARGO_MANIFEST_DIR` at run time), else of the one this was compiled in.
+/// Not the compile-time value alone: cargo keeps a build of this library
+/// fresh when the target dir is copied to another checkout of the workspace,
+/// and the tests would build and run the other checkout's binaries.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// The test bed: a private containerd with CNI, a local registry, images.
