@@ -14,8 +14,9 @@
 //!
 //! 1. applies the checkpoint's writable-layer changes (`deleted.files`, `rootfs-diff.tar`) to
 //!    the container's rootfs, already mounted by the shim;
-//! 2. if the plan says `tcp_close`, writes a CRIU configuration file holding `tcp-close` and
-//!    points runc at it with the OCI annotation `org.criu.config` in the bundle's `config.json`
+//! 2. writes a CRIU configuration file holding `tcp-close` if the plan says `tcp_close`, and on
+//!    cgroup v1 the `ext-mount-map` lines that give the container its own cgroup directories
+//!    ([`cgroups`]: runc restore would bind its own), and points runc at it with the OCI annotation `org.criu.config` in the bundle's `config.json`
 //!    (runc ≥ 1.1 hands that file to CRIU; see `handleCriuConfigurationFile` in runc's
 //!    libcontainer), so established TCP connections come back closed while listening sockets
 //!    listen again;
@@ -35,6 +36,7 @@
 //! (default: the first `runc` on `PATH` that is not this executable).
 
 pub mod argv;
+pub mod cgroups;
 pub mod logs;
 
 use std::ffi::OsString;
@@ -340,15 +342,26 @@ impl Wrapper {
         let mut spec = read_spec(&config_path)?;
         let rootfs = rootfs_of(&spec, &bundle, &config_path)?;
         apply_checkpoint_diff(&plan.checkpoint_dir, &rootfs)?;
+        let mut criu_lines = String::new();
         if plan.tcp_close {
+            criu_lines.push_str("# lazarus: the pod has a new IP address\ntcp-close\n");
+        }
+        let mountinfo =
+            fs::read_to_string("/proc/self/mountinfo").context(|| "reading /proc/self/mountinfo".to_owned())?;
+        let cgroup_mounts = cgroups::ext_mount_lines(&spec, &mountinfo)
+            .map_err(|e| WrapperError::BadSpec { path: config_path.clone(), reason: e.to_string() })?;
+        if !cgroup_mounts.is_empty() {
+            criu_lines.push_str("# lazarus: the container's own cgroup v1 directories (runc restore names its own)\n");
+            for line in cgroup_mounts {
+                criu_lines.push_str(&line);
+                criu_lines.push('\n');
+            }
+        }
+        if !criu_lines.is_empty() {
             let criu_conf = plan_dir.join(plan::CRIU_CONF);
             let base = base_criu_config(&spec, &criu_conf)?;
-            write_atomic(
-                &criu_conf,
-                format!("{base}# lazarus: the pod has a new IP address\ntcp-close\n").as_bytes(),
-                None,
-            )
-            .context(|| format!("writing {}", criu_conf.display()))?;
+            write_atomic(&criu_conf, format!("{base}{criu_lines}").as_bytes(), None)
+                .context(|| format!("writing {}", criu_conf.display()))?;
             set_annotation(&mut spec, CRIU_CONFIG_ANNOTATION, &criu_conf.to_string_lossy(), &config_path)?;
             let mode = fs::metadata(&config_path).map(|meta| meta.permissions().mode()).ok();
             let json =
