@@ -15,7 +15,7 @@
 //!    never undoes the local checkpoint.
 //!
 //! The phases live in submodules: `target` (1), `dump` (2, with the staging
-//! directory), `side_files` (3), `commit` (4) and `push` (5); this module
+//! directory), `side_files` (3, `cri_json` for `status.dump`), `commit` (4) and `push` (5); this module
 //! holds the engine, its errors and the order of the phases.
 
 use std::path::{Path, PathBuf};
@@ -36,6 +36,7 @@ use lazarus_registry::{Reference, RegistryClient, RegistryError, RegistrySetting
 use lazarus_store::{Store, StoreError};
 
 mod commit;
+mod cri_json;
 mod dump;
 mod push;
 mod side_files;

@@ -6,7 +6,6 @@ use super::*;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use lazarus_proto::v1;
 use serde_json::json;
 
 /// Now as a `created` annotation and a time tag (formats in [`lazarus_format::timefmt`]).
@@ -45,6 +44,10 @@ pub(super) fn write_metadata_files(
     let metadata = target.pod.metadata.clone().unwrap_or_default();
     let name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
     let image = target.status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+    // checkpointctl's `ContainerConfig` (what containerd 2.x and CRI-O write
+    // and read), then lazarus's own keys (`pod`, `engine`, `host`: Go's
+    // decoder ignores them). Times are RFC 3339 (Go's `time.Time`);
+    // `restoredTime` is Go's zero time, as containerd marshals it.
     let config = json!({
         "id": id,
         "name": name,
@@ -54,27 +57,17 @@ pub(super) fn write_metadata_files(
         "runtime": "runc",
         "createdTime": lazarus_format::timefmt::rfc3339_seconds_from_nanos(target.status.created_at),
         "checkpointedTime": created,
+        "restoredTime": GO_ZERO_TIME,
         "restored": false,
         "pod": {"name": metadata.name, "namespace": metadata.namespace, "uid": metadata.uid},
         "engine": {"name": "lazarus", "version": env!("CARGO_PKG_VERSION"), "runtime": target.runtime_version},
         "host": {"arch": ann::go_arch(), "kernel": host.kernel, "criu": host.criu},
     });
-    let status = json!({
-        "id": id,
-        "state": v1::ContainerState::try_from(target.status.state).map_or("unknown", |s| s.as_str_name()),
-        "createdAt": target.status.created_at,
-        "startedAt": target.status.started_at,
-        "image": image,
-        "imageRef": target.status.image_ref,
-        "labels": target.status.labels,
-        "annotations": target.status.annotations,
-        "logPath": target.status.log_path,
-        "podSandboxId": target.pod.id,
-        "podAnnotations": target.pod.annotations,
-    });
-    for (name, value) in
-        [(files::CONFIG_DUMP, &config), (files::SPEC_DUMP, &target.spec), (files::STATUS_DUMP, &status)]
-    {
+    // The CRI `ContainerStatus` exactly as containerd marshals it (containerd's
+    // CRI restore unmarshals it into that struct).
+    let status = super::cri_json::container_status(&target.status);
+    let spec = spec_dump(&target.spec, &target.status.annotations);
+    for (name, value) in [(files::CONFIG_DUMP, &config), (files::SPEC_DUMP, &spec), (files::STATUS_DUMP, &status)] {
         let path = tree.join(name);
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| io("encoding", &path)(e.into()))?;
         std::fs::write(&path, bytes).map_err(io("writing", &path))?;
@@ -88,6 +81,33 @@ pub(super) fn write_metadata_files(
         }
     }
     Ok(())
+}
+
+/// Go's zero `time.Time` in JSON (`encoding/json` writes it for a time never set).
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// CRI-O's restore reads the container's CRI annotations from this spec
+/// annotation (a JSON object as a string); containerd's spec has no such key.
+const CRIO_ANNOTATIONS: &str = "io.kubernetes.cri-o.Annotations";
+
+/// `spec.dump`: the container's OCI runtime spec as the runtime reported it,
+/// plus, when it is not there, CRI-O's annotation holding the container's CRI
+/// annotations (without it CRI-O refuses the restore; other readers ignore it).
+fn spec_dump(
+    spec: &serde_json::Value,
+    cri_annotations: &std::collections::HashMap<String, String>,
+) -> serde_json::Value {
+    let mut spec = spec.clone();
+    let Some(object) = spec.as_object_mut() else { return spec };
+    let annotations = object.entry("annotations").or_insert_with(|| json!({}));
+    if let Some(annotations) = annotations.as_object_mut()
+        && !annotations.contains_key(CRIO_ANNOTATIONS)
+    {
+        let sorted: BTreeMap<&String, &String> = cri_annotations.iter().collect();
+        let text = serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned());
+        annotations.insert(CRIO_ANNOTATIONS.to_owned(), text.into());
+    }
+    spec
 }
 
 /// The image annotations of a checkpoint.
@@ -158,6 +178,22 @@ fn criu_version() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_dump_carries_cri_os_annotation_and_keeps_the_spec() {
+        let spec = json!({"ociVersion": "1.2.0", "process": {"args": ["sh"]}, "annotations": {"a": "b"}});
+        let cri = [("io.kubernetes.container.hash".to_owned(), "1234".to_owned())].into();
+        let dumped = spec_dump(&spec, &cri);
+        assert_eq!(dumped["process"], spec["process"]);
+        assert_eq!(dumped["annotations"]["a"], "b");
+        let inner: BTreeMap<String, String> =
+            serde_json::from_str(dumped["annotations"][CRIO_ANNOTATIONS].as_str().expect("a string")).expect("json");
+        assert_eq!(inner.get("io.kubernetes.container.hash").map(String::as_str), Some("1234"));
+        // A spec without annotations gets the map; one that has the key keeps it.
+        assert!(spec_dump(&json!({"ociVersion": "1.2.0"}), &cri)["annotations"][CRIO_ANNOTATIONS].is_string());
+        let crio = json!({"annotations": {CRIO_ANNOTATIONS: "{\"x\":\"y\"}"}});
+        assert_eq!(spec_dump(&crio, &cri), crio);
+    }
 
     #[test]
     fn tags_sort_by_time() {
