@@ -11,6 +11,7 @@ use crate::config::{self, Config, FileConfig, Overrides};
 use crate::upstream::Upstream;
 use lazarus_registry::Reference;
 use lazarus_store::Store;
+mod export;
 mod listing;
 
 /// lazarus — a CRI proxy that checkpoints and restores Kubernetes containers.
@@ -109,6 +110,17 @@ pub enum CheckpointsCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Write one checkpoint as a kubelet-style archive: an uncompressed tar in checkpointctl's layout
+    /// (never overwrites FILE).
+    Export {
+        /// local:namespace/pod/container:tag[@digest], namespace/pod/container[:tag] (its newest), or a manifest digest.
+        reference: String,
+        /// The archive to create (must not exist; mode 0600).
+        file: PathBuf,
+        /// Shared settings.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 impl CommonArgs {
@@ -144,9 +156,11 @@ pub fn main() -> ExitCode {
     let (common, listen) = match &cli.command {
         Command::Serve(args) => (&args.common, args.listen.clone()),
         Command::Checkpoint(args) => (&args.common, None),
-        Command::Checkpoints(CheckpointsCommand::List { common, .. } | CheckpointsCommand::Inspect { common, .. }) => {
-            (common, None)
-        }
+        Command::Checkpoints(
+            CheckpointsCommand::List { common, .. }
+            | CheckpointsCommand::Inspect { common, .. }
+            | CheckpointsCommand::Export { common, .. },
+        ) => (common, None),
         Command::Version { common } => (common, None),
     };
     let config = match common.resolve(listen) {
@@ -189,6 +203,13 @@ pub fn main() -> ExitCode {
             }
             Command::Checkpoints(CheckpointsCommand::Inspect { reference, .. }) => {
                 listing::inspect(&open_store(&config)?, reference)
+            }
+            Command::Checkpoints(CheckpointsCommand::Export { reference, file, .. }) => {
+                let exported = export::export(open_store(&config)?, reference.clone(), file.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{} → {} ({} bytes)", exported.reference, file.display(), exported.bytes);
+                Ok(())
             }
         }
     });
