@@ -49,7 +49,17 @@ for flavor in $flavors; do
         bash e2e/testbed/testbed.sh up --containerd "$flavor"
     fi
     step "end-to-end tests against containerd $flavor"
-    run_cargo_test -p lazarus-e2e -- --test-threads=1
+    if [ "$flavor" = 2.1 ]; then
+        # containerd 2.1's own CRI restore of lazarus checkpoints: ignored by
+        # default (containerd 1.6 has none; the 1.6 pass counts it as skipped),
+        # run here on its own (left out of the general run, so the summary does
+        # not count it as skipped too).
+        run_cargo_test -p lazarus-e2e -- --test-threads=1 --skip containerd_2_1_restores
+        step "containerd 2.1's own CRI restore of a lazarus checkpoint (e2e/tests/interop.rs, ignored elsewhere)"
+        run_cargo_test -p lazarus-e2e --test interop -- --ignored --test-threads=1
+    else
+        run_cargo_test -p lazarus-e2e -- --test-threads=1
+    fi
 done
 step "all tests passed in $(( $(date +%s) - started )) s (containerd: $flavors)"
 # One closing line over every cargo test run above.
