@@ -10,7 +10,9 @@
 //! overwritten: an existing file (or anything else at that path) is an error,
 //! and the name appears only once the archive is complete (a hard link from a
 //! temporary file in the same directory, which fails if the name was taken
-//! meanwhile). The archive is mode 0600: it holds the process's memory.
+//! meanwhile; the directory's filesystem must support hard links, as every
+//! Linux disk filesystem does). The archive is mode 0600: it holds the
+//! process's memory.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -138,7 +140,7 @@ fn write_partial(input: File, blob: &Path, partial: &Path) -> Result<(Result<u64
         .create_new(true)
         .mode(0o600)
         .open(partial)
-        .map_err(io("creating", partial))?;
+        .map_err(io("creating a file in", partial.parent().unwrap_or(Path::new("."))))?;
     let mut hashing = BufReader::with_capacity(1 << 20, HashingReader::new(input));
     let written = (|| {
         let mut writer = BufWriter::with_capacity(1 << 20, output);
@@ -230,6 +232,11 @@ mod tests {
         assert!(err.to_string().contains("not overwriting"), "{err}");
         assert_eq!(std::fs::read(&out).expect("kept"), b"mine");
 
+        let err = export(store.clone(), digest.clone(), dir.path().join("no/such/dir.tar")).await.expect_err("no dir");
+        assert!(
+            err.to_string().starts_with(&format!("creating a file in {}", dir.path().join("no/such").display())),
+            "{err}"
+        );
         let err = export(store.clone(), "ns/pod/other".into(), dir.path().join("x.tar")).await.expect_err("unknown");
         assert!(matches!(err, ExportError::NotFound(_)) && err.to_string().contains("ns/pod/other"), "{err}");
         assert!(!dir.path().join("x.tar").exists());
