@@ -164,6 +164,40 @@ pub fn criu_hint(problem: &CriuProblem) -> String {
     }
 }
 
+/// `CAP_SYS_RESOURCE`'s bit in the capability sets (`linux/capability.h`).
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether the `CapEff:` (effective set) line of a `/proc/PID/status` text
+/// holds capability `bit`; `None` when the text has no readable `CapEff:` line.
+pub fn has_effective_capability(status: &str, bit: u32) -> Option<bool> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let set = u64::from_str_radix(hex, 16).ok()?;
+    Some(bit < 64 && (set >> bit) & 1 == 1)
+}
+
+/// Whether this process has `CAP_SYS_RESOURCE` in its effective set (runc
+/// and CRIU, its children, inherit at most what lazarus's service has), or
+/// why that could not be read.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "one read of /proc/self/status, before the event loop serves (check_criu) or inside blocking::run"
+)]
+pub fn sys_resource_capability() -> Result<bool, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    has_effective_capability(&status, CAP_SYS_RESOURCE).ok_or_else(|| "no CapEff line in /proc/self/status".to_owned())
+}
+
+/// What `lazarus version` and `lazarus serve` say when `CAP_SYS_RESOURCE`
+/// is missing: lower-case, like the other hints.
+pub fn sys_resource_hint() -> String {
+    format!(
+        "without CAP_SYS_RESOURCE, CRIU cannot read the resource limits of processes running as another uid \
+         (`Can't get rlimit`), so checkpoints of containers running as a non-root user (runAsUser) fail; \
+         nodes normally have it (root with the default capability set): run lazarus and containerd with it; \
+         see {TROUBLESHOOTING_DOCS}"
+    )
+}
+
 /// How lazarus saw the upstream it could not reach: `lazarus version` looks
 /// at a unix socket's path to say which of these it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +338,15 @@ pub async fn run(config: &Config) -> Result<(), String> {
             }
         }
     }
+    // A warning, not a failure: root containers are still checkpointed.
+    match crate::blocking::run(sys_resource_capability).await {
+        Ok(true) => println!("capabilities: CAP_SYS_RESOURCE present"),
+        Ok(false) => {
+            println!("capabilities: warning: CAP_SYS_RESOURCE missing from the effective set");
+            hint(&sys_resource_hint());
+        }
+        Err(e) => println!("capabilities: unknown ({e})"),
+    }
     if problems.is_empty() { Ok(()) } else { Err(problems.join(", ")) }
 }
 
@@ -384,6 +427,28 @@ mod tests {
         let check = criu_hint(&CriuProblem::CheckFailed);
         assert!(check.contains("criu check -v4"), "{check}");
         assert!(check.contains("docs/troubleshooting.md") && check.contains("docs/install.md"), "{check}");
+    }
+
+    #[test]
+    fn cap_sys_resource_is_bit_24_of_the_effective_set() {
+        // Root with every capability (CapEff of a 6.x kernel), and the same without CAP_SYS_RESOURCE.
+        let full = "Name:\tlazarus\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+                    CapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n";
+        let without = "CapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\n";
+        // Only CAP_SYS_RESOURCE, in the permitted set but not the effective one.
+        let permitted_only = "CapPrm:\t0000000001000000\nCapEff:\t0000000000000000\n";
+        assert_eq!(has_effective_capability(full, CAP_SYS_RESOURCE), Some(true));
+        assert_eq!(has_effective_capability(without, CAP_SYS_RESOURCE), Some(false));
+        assert_eq!(has_effective_capability(without, 23), Some(true));
+        assert_eq!(has_effective_capability(without, 25), Some(true));
+        assert_eq!(has_effective_capability(permitted_only, CAP_SYS_RESOURCE), Some(false));
+        assert_eq!(has_effective_capability("CapEff:\t0000000001000000\n", CAP_SYS_RESOURCE), Some(true));
+        assert_eq!(has_effective_capability("Name:\tx\n", CAP_SYS_RESOURCE), None);
+        assert_eq!(has_effective_capability("CapEff:\tzz\n", CAP_SYS_RESOURCE), None);
+        assert_eq!(has_effective_capability(full, 64), Some(false));
+        let hint = sys_resource_hint();
+        assert!(hint.contains("Can't get rlimit") && hint.contains("another uid"), "{hint}");
+        assert!(hint.contains("nodes normally have it") && hint.contains("docs/troubleshooting.md"), "{hint}");
     }
 
     #[test]

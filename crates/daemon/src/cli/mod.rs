@@ -230,6 +230,12 @@ fn check_criu(config: &Config) -> Result<(), String> {
     }
     let (criu, version) = crate::version::check_criu_at_start()?;
     tracing::info!(criu = %criu.display(), version = %version, "CRIU found");
+    if let Ok(false) = crate::version::sys_resource_capability() {
+        tracing::warn!(
+            hint = %crate::version::sys_resource_hint(),
+            "CAP_SYS_RESOURCE is missing: containers running as a non-root user cannot be checkpointed"
+        );
+    }
     Ok(())
 }
 
