@@ -83,6 +83,14 @@ impl Testbed {
         self.var("WORKLOAD_IMAGE")
     }
 
+    /// The Debian workload image (Debian's python3-numpy, redis-server,
+    /// postgresql-15, procps and a user `worker`, uid 1000), imported into
+    /// containerd by `testbed.sh up`, not in the registry: never pull it.
+    pub fn debian_image(&self) -> Result<&str> {
+        self.var("DEBIAN_IMAGE")
+            .context("the test bed predates the Debian image: run `e2e/testbed/testbed.sh up` again")
+    }
+
     /// The pod network, e.g. `10.233.0.0/24`.
     pub fn cni_subnet(&self) -> Result<&str> {
         self.var("CNI_SUBNET")

@@ -10,6 +10,8 @@
 #   testbed.sh down                        stop and remove everything but caches
 #   testbed.sh verify-packages             prove PACKAGES complete (CRIU and the Rust
 #                                          workspace built in a minbase root; host tools)
+#   testbed.sh debian-image                build (or find cached) the Debian workload
+#                                          image; `up` imports it
 #
 # The flavour can also come from LAZARUS_CONTAINERD (default 1.6).
 #
@@ -78,6 +80,16 @@ CNI_SUBNET=10.233.0.0/24
 IMAGES_DIR=$LIB_DIR/images
 PAUSE_IMAGE=$REGISTRY/lazarus/pause:testbed
 WORKLOAD_IMAGE=$REGISTRY/lazarus/busybox:testbed
+# The Debian workload image (e2e/tests/workloads.rs): Debian's own programs
+# installed into the minbase root, packed by pack-rootfs.py, cached in
+# DEBIAN_IMAGE_CACHE under a key of its package list, the minbase root's key
+# and the build steps; imported (never pushed) into containerd by `up`.
+DEBIAN_IMAGE_PACKAGES="python3-numpy redis-server postgresql-15 procps"
+DEBIAN_IMAGE_NAME=localhost/lazarus/debian
+DEBIAN_IMAGE_CACHE=$CACHE_DIR/images
+# The non-root user of the image (runAsUser in the tests).
+DEBIAN_IMAGE_USER=worker
+DEBIAN_IMAGE_UID=1000
 
 ENV_FILE=$RUN_DIR/env
 WRAPPER_DIR=$RUN_DIR/bin
@@ -123,7 +135,7 @@ HOST_COMMANDS="apt-get dpkg dpkg-query dpkg-deb debootstrap chroot mount umount 
   start-stop-daemon timeout sha256sum tar xz patch make gcc cc pkg-config protoc
   containerd ctr containerd-shim-runc-v2 runc iptables iptables-restore ip
   docker-registry busybox curl openssl python3 promtool systemd-analyze
-  systemd-socket-activate shellcheck"
+  systemd-socket-activate shellcheck du find"
 # Files (not on PATH) the test bed relies on, with the same check.
 HOST_FILES="/usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
   /usr/share/keyrings/debian-archive-keyring.gpg"
@@ -134,7 +146,7 @@ warn() { printf '[testbed] warning: %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "$SELF" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -1111,6 +1123,123 @@ EOF
   grep -qxF "$PAUSE_IMAGE" <<<"$images" || die "$PAUSE_IMAGE missing from containerd after import"
 }
 
+# --- The Debian workload image ---------------------------------------------------
+# The cache key: what the image is built from and how. The package versions are
+# whatever the mirror serves at build time; a new minbase root (new mirror or
+# debootstrap) or a changed list or step rebuilds it.
+debian_image_key() {
+  {
+    echo "$MINBASE_SUITE"
+    minbase_key
+    # shellcheck disable=SC2086 # a word list on purpose
+    word_list $DEBIAN_IMAGE_PACKAGES
+    echo "$DEBIAN_IMAGE_USER $DEBIAN_IMAGE_UID"
+    declare -f debian_image_prepare build_debian_image
+    cat "$TESTBED_DIR/pack-rootfs.py" "$TESTBED_DIR/build-images.py"
+  } | sha256sum | cut -c1-16
+}
+
+# The newest Date of the suite's release files apt used for the build: no file
+# Debian's packages ship is newer, so it is the layer's clamp for the files the
+# build itself wrote (pack-rootfs.py --epoch).
+debian_image_epoch() {
+  local f date newest=0 t
+  for f in "$MINBASE_DIR/apt-lists/"*"_dists_${MINBASE_SUITE}"*_InRelease; do
+    [ -f "$f" ] || continue
+    date=$(sed -n 's/^Date: //p' "$f" | head -1)
+    t=$(date -d "$date" +%s) || continue
+    [ "$t" -gt "$newest" ] && newest=$t
+  done
+  [ "$newest" -gt 0 ] || die "no Date in the $MINBASE_SUITE release files of $MINBASE_DIR/apt-lists"
+  echo "$newest"
+}
+
+# The packed tree loses what differs between two builds of the same packages
+# or what no image should carry: backup account files, logs, generated keys,
+# caches (build_debian_image drops apt's lists and Debian's default PostgreSQL
+# cluster: the tests run initdb themselves).
+debian_image_prepare() {
+  local root=$1
+  # The last-change day of every account: the day of the build otherwise.
+  sed -i -E 's/^([^:]*:[^:]*:)[0-9]*:/\1:/' "$root/etc/shadow"
+  rm -f "$root"/etc/{passwd,group,shadow,gshadow,subuid,subgid}- "$root/usr/sbin/policy-rc.d" \
+    "$root/etc/ssl/private/ssl-cert-snakeoil.key" "$root/etc/ssl/certs/ssl-cert-snakeoil.pem" \
+    "$root/var/cache/ldconfig/aux-cache" "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
+  find "$root/etc/ssl/certs" -xtype l -delete 2>/dev/null || true
+  find "$root/var/log" -type f -delete
+  echo localhost >"$root/etc/hostname"
+  : >"$root/etc/resolv.conf"
+}
+
+# Builds the image into $2 (a layout tar; its manifest digest in $2.digest) in
+# a fresh overlay of the minbase root that gets only DEBIAN_IMAGE_PACKAGES.
+build_debian_image() {
+  local ref=$1 out=$2 root start digest epoch mp
+  mkdir -p "$MINBASE_DIR" "$(dirname "$out")"
+  exec 8>"$MINBASE_LOCK"
+  flock -w 3600 8 || die "another build holds $MINBASE_LOCK for more than an hour"
+  start=$(date +%s)
+  ensure_minbase_root
+  build_root_up
+  root=$BUILD_DIR/root
+  build_root_install DEBIAN_IMAGE_PACKAGES
+  in_root useradd --uid "$DEBIAN_IMAGE_UID" --user-group --create-home --shell /bin/sh "$DEBIAN_IMAGE_USER" \
+    >>"$MINBASE_LOG" 2>&1 || die "useradd $DEBIAN_IMAGE_USER in the image root failed; see $MINBASE_LOG"
+  if in_root test -d /etc/postgresql/15/main; then
+    in_root pg_dropcluster 15 main >>"$MINBASE_LOG" 2>&1 || die "pg_dropcluster 15 main failed; see $MINBASE_LOG"
+  fi
+  # Packed without what build_root_up mounted: the apt caches and /proc.
+  for mp in var/cache/apt/archives var/lib/apt/lists proc; do
+    umount "$root/$mp" || die "cannot unmount $root/$mp"
+  done
+  rm -rf "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/cache/apt/*.bin "${root:?}"/var/cache/apt/archives/*.deb
+  debian_image_prepare "$root"
+  epoch=$(debian_image_epoch)
+  log "debian image: packing $(du -sxh "$root" | cut -f1) (files clamped to $(date -u -d "@$epoch" +%FT%TZ))"
+  digest=$(/usr/bin/python3 "$TESTBED_DIR/pack-rootfs.py" --root "$root" --out "$out.new" --ref "$ref" \
+    --epoch "$epoch" 2>>"$MINBASE_LOG") || die "packing the Debian image failed; see $MINBASE_LOG"
+  build_root_down
+  exec 8>&-
+  mv -f "$out.new" "$out"
+  echo "$digest" >"$out.digest"
+  log "debian image: built $ref ($digest, $(du -h "$out" | cut -f1)) in $(($(date +%s) - start))s"
+}
+
+# Sets DEBIAN_IMAGE, DEBIAN_IMAGE_DIGEST, DEBIAN_IMAGE_TAR: the cached image,
+# built first when its key changed (older ones are removed).
+cached_debian_image() {
+  local key old
+  key=$(debian_image_key)
+  DEBIAN_IMAGE=$DEBIAN_IMAGE_NAME:bookworm-$key
+  DEBIAN_IMAGE_TAR=$DEBIAN_IMAGE_CACHE/debian-$key-oci.tar
+  if [ -f "$DEBIAN_IMAGE_TAR" ] && [ -s "$DEBIAN_IMAGE_TAR.digest" ]; then
+    log "debian image: cached $DEBIAN_IMAGE_TAR"
+  else
+    for old in "$DEBIAN_IMAGE_CACHE"/debian-*-oci.tar*; do
+      [ -e "$old" ] && rm -f "$old"
+    done
+    build_debian_image "$DEBIAN_IMAGE" "$DEBIAN_IMAGE_TAR"
+  fi
+  DEBIAN_IMAGE_DIGEST=$(cat "$DEBIAN_IMAGE_TAR.digest")
+}
+
+# The cached image (cached_debian_image), imported into containerd unless it
+# is there with that digest.
+ensure_debian_image() {
+  local images start
+  cached_debian_image
+  images=$(timeout 30 "$CTR_BIN" --address "$CONTAINERD_SOCKET" -n k8s.io images ls) || die "ctr images ls failed"
+  if awk -v ref="$DEBIAN_IMAGE" -v digest="$DEBIAN_IMAGE_DIGEST" '$1 == ref && $3 == digest { found = 1 } END { exit !found }' \
+    <<<"$images"; then
+    log "debian image: $DEBIAN_IMAGE in containerd"
+    return 0
+  fi
+  start=$(date +%s)
+  timeout 600 "$CTR_BIN" --address "$CONTAINERD_SOCKET" -n k8s.io images import "$DEBIAN_IMAGE_TAR" >/dev/null ||
+    die "ctr images import $DEBIAN_IMAGE_TAR failed"
+  log "debian image: imported $DEBIAN_IMAGE ($DEBIAN_IMAGE_DIGEST) in $(($(date +%s) - start))s"
+}
+
 # --- Env file ------------------------------------------------------------------
 write_wrappers() {
   mkdir -p "$WRAPPER_DIR"
@@ -1165,6 +1294,11 @@ write_env_file() {
     "WORKLOAD_IMAGE=$WORKLOAD_IMAGE" \
     "WORKLOAD_IMAGE_DIGEST=$WORKLOAD_IMAGE_DIGEST" \
     "WORKLOAD_IMAGE_TAR=$WORKLOAD_IMAGE_TAR" \
+    "DEBIAN_IMAGE=$DEBIAN_IMAGE" \
+    "DEBIAN_IMAGE_DIGEST=$DEBIAN_IMAGE_DIGEST" \
+    "DEBIAN_IMAGE_TAR=$DEBIAN_IMAGE_TAR" \
+    "DEBIAN_IMAGE_USER=$DEBIAN_IMAGE_USER" \
+    "DEBIAN_IMAGE_UID=$DEBIAN_IMAGE_UID" \
     "CNI_BIN_DIR=$CNI_BIN_DIR" \
     "CNI_CONF_DIR=$CNI_CONF_DIR" \
     "CNI_BRIDGE=$CNI_BRIDGE" \
@@ -1223,10 +1357,19 @@ cmd_up() {
   ensure_containerd
   ensure_registry
   build_and_publish_images
+  ensure_debian_image
   ensure_python_grpc
   write_wrappers
   write_env_file
   log "up: containerd $FLAVOR ready in $(($(date +%s) - start))s; env file $ENV_FILE"
+}
+
+# Builds the Debian workload image into the cache (what `up` would), without
+# touching containerd: the slow part of a first `up`, done beforehand.
+cmd_debian_image() {
+  mkdir -p "$CACHE_DIR" "$LOG_DIR"
+  cached_debian_image
+  log "debian image: $DEBIAN_IMAGE $DEBIAN_IMAGE_DIGEST $DEBIAN_IMAGE_TAR"
 }
 
 # The flavour that was last brought up; containerd-start/stop act on it.
@@ -1340,6 +1483,7 @@ main() {
     containerd-start) need_root; [ $# -eq 0 ] || usage; cmd_containerd_start ;;
     status) [ $# -eq 0 ] || usage; cmd_status ;;
     verify-packages) need_root; [ $# -eq 0 ] || usage; cmd_verify_packages ;;
+    debian-image) need_root; [ $# -eq 0 ] || usage; cmd_debian_image ;;
     -h | --help | help) usage ;;
     *) usage ;;
   esac
