@@ -16,11 +16,13 @@ use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e-workloads";
 
-/// Who a container runs as: the image's default (root) or kubelet's `runAsUser`.
+/// Who a container runs as: the image's default (root), kubelet's `runAsUser`
+/// (a uid) or, for an image user without `runAsUser`, its name.
 #[derive(Debug, Clone, Copy)]
 enum User {
     Root,
     Uid(i64),
+    Name(&'static str),
 }
 
 struct Bed {
@@ -115,6 +117,7 @@ impl Bed {
             match user {
                 User::Root => {}
                 User::Uid(uid) => context.run_as_user = Some(v1::Int64Value { value: uid }),
+                User::Name(name) => name.clone_into(&mut context.run_as_username),
             }
         }
         let id = self.cri.create_container(&pod_id, config, &pod).await?;
@@ -491,6 +494,73 @@ async fn a_container_running_as_uid_1000_is_checkpointed_and_restored() -> Resul
     );
     ensure!(uids(&status).split_whitespace().skip(1).all(|u| u == uid.to_string()), "restored as {}", uids(&status));
     ensure!(owner.split_whitespace().collect::<Vec<_>>() == [uid.to_string().as_str(), "mine"], "owned.txt: {owner:?}");
+    bed.remove(&restored).await?;
+    Ok(())
+}
+
+// --- PostgreSQL 15 with default settings ------------------------------------------------
+
+/// initdb's defaults (dynamic_shared_memory_type = posix: segments in
+/// /dev/shm), the server as the image's `postgres` user; its socket in /tmp.
+const POSTGRES: &str = "set -e; /usr/lib/postgresql/15/bin/initdb -D /tmp/pgdata >/tmp/initdb.log 2>&1; \
+    exec /usr/lib/postgresql/15/bin/postgres -D /tmp/pgdata -k /tmp";
+const ROWS: u64 = 10_000;
+/// Row count, id sum and a digest of every value in order.
+const SUMMARY: &str = "SELECT count(*), sum(id), md5(string_agg(v, ',' ORDER BY id)) FROM items";
+
+async fn psql(bed: &mut Bed, running: &Running, sql: &str) -> Result<String> {
+    let cmd = [
+        "/usr/lib/postgresql/15/bin/psql",
+        "-h",
+        "/tmp",
+        "-d",
+        "postgres",
+        "-X",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ];
+    Ok(bed.exec(running, &cmd).await?.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_with_default_settings_keeps_its_rows_and_answers_queries() -> Result<()> {
+    let _serial = lazarus_e2e::serial().await;
+    let mut bed = Bed::up().await?;
+    let command = ["sh", "-c", POSTGRES];
+    let db = bed.run("postgres", &[], "postgres", &command, User::Name("postgres")).await?;
+    let ready = ["/usr/lib/postgresql/15/bin/pg_isready", "-h", "/tmp", "-d", "postgres"];
+    bed.exec_until(&db, &ready, "PostgreSQL to accept connections", |s| s.contains("accepting connections")).await?;
+    ensure!(psql(&mut bed, &db, "SHOW dynamic_shared_memory_type").await? == "posix", "not PostgreSQL's default");
+    ensure!(psql(&mut bed, &db, "SELECT current_user").await? == "postgres", "not the postgres user");
+    let shm = bed.exec(&db, &["ls", "/dev/shm"]).await?;
+    ensure!(shm.contains("PostgreSQL."), "no PostgreSQL segment in /dev/shm: {shm:?}");
+    psql(
+        &mut bed,
+        &db,
+        &format!(
+            "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL); \
+             INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, {ROWS}) g"
+        ),
+    )
+    .await?;
+    let summary = psql(&mut bed, &db, SUMMARY).await?;
+    ensure!(summary.starts_with(&format!("{ROWS}|{}|", ROWS * (ROWS + 1) / 2)), "before the checkpoint: {summary}");
+    let reference = bed.checkpoint(&db)?;
+    // Written after the checkpoint: must not come back.
+    psql(&mut bed, &db, "INSERT INTO items VALUES (0, 'after the checkpoint')").await?;
+    bed.remove(&db).await?;
+
+    let restored = bed.restore(&db, &reference, &command, User::Name("postgres")).await?;
+    let after = psql(&mut bed, &restored, SUMMARY).await?;
+    println!("postgres: before the checkpoint {summary}, after the restore {after}");
+    ensure!(after == summary, "rows after the restore: {after}, at the checkpoint: {summary}");
+    psql(&mut bed, &restored, "INSERT INTO items VALUES (-1, 'after the restore')").await?;
+    let count = psql(&mut bed, &restored, "SELECT count(*) FROM items").await?;
+    ensure!(count == (ROWS + 1).to_string(), "count after an insert: {count}");
     bed.remove(&restored).await?;
     Ok(())
 }
