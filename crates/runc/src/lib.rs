@@ -342,26 +342,38 @@ impl Wrapper {
         let mut spec = read_spec(&config_path)?;
         let rootfs = rootfs_of(&spec, &bundle, &config_path)?;
         apply_checkpoint_diff(&plan.checkpoint_dir, &rootfs)?;
-        let mut criu_lines = String::new();
+        // The file stays the container's CRIU configuration (runc keeps the
+        // annotation in its state): later dumps of the restored container read
+        // it too. `tcp-close` is a restore option; the cgroup mappings are
+        // removed once the restore is over, or the next dump would name the
+        // cgroup mounts after host paths and its restore find no mapping
+        // (`mnt: No mapping for … mountpoint`).
+        let mut lasting = String::new();
         if plan.tcp_close {
-            criu_lines.push_str("# lazarus: the pod has a new IP address\ntcp-close\n");
+            lasting.push_str("# lazarus: the pod has a new IP address\ntcp-close\n");
         }
         let mountinfo =
             fs::read_to_string("/proc/self/mountinfo").context(|| "reading /proc/self/mountinfo".to_owned())?;
         let cgroup_mounts = cgroups::ext_mount_lines(&spec, &mountinfo)
             .map_err(|e| WrapperError::BadSpec { path: config_path.clone(), reason: e.to_string() })?;
+        let mut restore_only = String::new();
         if !cgroup_mounts.is_empty() {
-            criu_lines.push_str("# lazarus: the container's own cgroup v1 directories (runc restore names its own)\n");
+            restore_only
+                .push_str("# lazarus: the container's own cgroup v1 directories (runc restore names its own)\n");
             for line in cgroup_mounts {
-                criu_lines.push_str(&line);
-                criu_lines.push('\n');
+                restore_only.push_str(&line);
+                restore_only.push('\n');
             }
         }
-        if !criu_lines.is_empty() {
-            let criu_conf = plan_dir.join(plan::CRIU_CONF);
+        let criu_conf = plan_dir.join(plan::CRIU_CONF);
+        let mut after_restore = None;
+        if !lasting.is_empty() || !restore_only.is_empty() {
             let base = base_criu_config(&spec, &criu_conf)?;
-            write_atomic(&criu_conf, format!("{base}{criu_lines}").as_bytes(), None)
+            write_atomic(&criu_conf, format!("{base}{lasting}{restore_only}").as_bytes(), None)
                 .context(|| format!("writing {}", criu_conf.display()))?;
+            if !restore_only.is_empty() {
+                after_restore = Some(format!("{base}{lasting}"));
+            }
             set_annotation(&mut spec, CRIU_CONFIG_ANNOTATION, &criu_conf.to_string_lossy(), &config_path)?;
             let mode = fs::metadata(&config_path).map(|meta| meta.permissions().mode()).ok();
             let json =
@@ -382,6 +394,10 @@ impl Wrapper {
             .status()
             .context(|| format!("running {} {}", runc.display(), display_args(&args)))?;
         progress.ran_runc = true;
+        if let Some(text) = after_restore {
+            write_atomic(&criu_conf, text.as_bytes(), None)
+                .context(|| format!("removing the restore-only cgroup mappings from {}", criu_conf.display()))?;
+        }
         if status.success() {
             return Ok(());
         }
