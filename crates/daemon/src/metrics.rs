@@ -170,6 +170,7 @@ struct Inner {
     rejected_annotations: Family<AnnotationLabels, Counter>,
     restores: Family<ResultLabels, Counter>,
     restore_failures: Family<ReasonLabels, Counter>,
+    restore_fresh_starts: Family<ReasonLabels, Counter>,
     restore_duration: Histogram,
     restore_bytes: Counter,
 }
@@ -258,6 +259,12 @@ impl Metrics {
             "Restores refused, fallen back to a fresh start or failed in CRIU, by reason",
             restore_failures.clone(),
         );
+        let restore_fresh_starts = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "lazarus_restore_fresh_starts",
+            "Containers asking for a best-effort restore that started from zero, by reason",
+            restore_fresh_starts.clone(),
+        );
         let restore_duration = Histogram::new(RESTORE_BUCKETS);
         registry.register_with_unit(
             "lazarus_restore_duration",
@@ -302,6 +309,7 @@ impl Metrics {
                 rejected_annotations,
                 restores,
                 restore_failures,
+                restore_fresh_starts,
                 restore_duration,
                 restore_bytes,
             }),
@@ -386,6 +394,11 @@ impl Metrics {
     /// A restore failed (refused, fallen back or failed in CRIU) for `reason`.
     pub fn restore_failed(&self, reason: &'static str) {
         self.inner.restore_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Best effort: the container started from zero for `reason` ([`crate::restore::RestoreError::reason`]).
+    pub fn restore_fresh_start(&self, reason: &'static str) {
+        self.inner.restore_fresh_starts.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// A restore was prepared in `elapsed`, unpacking `bytes`.

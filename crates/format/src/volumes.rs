@@ -234,8 +234,7 @@ mod tests {
 
     #[test]
     fn kubelet_files_and_pseudo_file_systems_are_skipped() {
-        for path in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log", "/dev/shm/x", "/proc"]
-        {
+        for path in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log", "/dev/shm/x", "/proc"] {
             assert!(skipped(path), "{path}");
         }
         for path in ["/data/log", "/etc/hosts.d", "/devices", "/sysdata/x"] {

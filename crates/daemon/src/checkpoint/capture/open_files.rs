@@ -95,7 +95,8 @@ fn open_files_record(proc: &Path, pid: u32, mounts: &[VolumeMount]) -> Record {
     let volumes = found
         .into_iter()
         .map(|(destination, files)| {
-            let source = mounts.iter().find(|m| m.destination == destination).map(|m| m.source.clone()).unwrap_or_default();
+            let source =
+                mounts.iter().find(|m| m.destination == destination).map(|m| m.source.clone()).unwrap_or_default();
             Volume { kind: Kind::of_source(&source), destination, source, files: files.into_values().collect() }
         })
         .collect();
@@ -104,7 +105,6 @@ fn open_files_record(proc: &Path, pid: u32, mounts: &[VolumeMount]) -> Record {
 
 /// `pid` and its descendants. `/proc/P/task/T/children` where the kernel has
 /// it (`CONFIG_PROC_CHILDREN`), else the parent pids of every process.
-#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (record_open_files)")]
 fn process_tree(proc: &Path, pid: u32) -> Vec<u32> {
     let mut parents: Option<HashMap<u32, Vec<u32>>> = None;
     let mut seen = BTreeSet::from([pid]);
