@@ -601,6 +601,11 @@ async fn a_kubelet_checkpoint_archive_restores_too() -> Result<()> {
         recorded.iter().any(|c| c["checkpoint"].as_str() == Some(path.as_str()) && c["recorded"].is_string()),
         "failure not recorded: {failures}"
     );
+    // Remembered as the checkpoint's fault, with CRIU's cause.
+    ensure!(
+        recorded.iter().any(|c| c["reason"].as_str().is_some_and(|r| r.contains("inventory.img"))),
+        "the cause is not kept: {failures}"
+    );
     bed.remove_pod(&pod_id).await?;
     Ok(())
 }

@@ -192,7 +192,8 @@ async fn volumes_that_do_not_match_are_refused_by_name_and_latest_stays_usable()
 
     let latest = [("lazarus.dev/restore-from", "latest"), ("lazarus.dev/restore-policy", "best-effort")];
 
-    // (b) A new node: the volume is an empty directory. Refused, naming the volume and the file.
+    // (b) A new node: the volume is an empty directory. Refused, naming the volume and the file —
+    // under best effort too: the node's fault is no reason to start from zero.
     let empty = bed.volume_dir("empty")?;
     let pod = bed.pod(&latest);
     let pod_id = bed.run_pod(&pod).await?;
