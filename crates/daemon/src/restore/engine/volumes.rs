@@ -46,6 +46,7 @@ pub(super) fn mismatches(
     mounts: &[(String, String)],
     appends_ok_annotation: Option<&str>,
 ) -> Vec<Mismatch> {
+    let root = node_root();
     let mut found = Vec::new();
     for volume in &record.volumes {
         if volume.kind == Kind::EmptyDir || volume.files.is_empty() {
@@ -71,11 +72,11 @@ pub(super) fn mismatches(
                 if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
                     return Some(format!("{}: not a path below the volume", file.path));
                 }
-                let observed =
-                    std::fs::metadata(Path::new(host).join(relative)).ok().filter(|m| m.is_file()).map(|m| Observed {
-                        size: m.len(),
-                        mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
-                    });
+                let path = root.join(host.trim_start_matches('/')).join(relative);
+                let observed = std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| Observed {
+                    size: m.len(),
+                    mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+                });
                 volumes::compare(file, observed, appends_ok).map(|change| format!("file {} {change}", file.path))
             })
             .collect();
@@ -89,6 +90,21 @@ pub(super) fn mismatches(
         }
     }
     found
+}
+
+/// Where host paths are looked up: containerd resolves a mount's `host_path`
+/// in the node's mount namespace, and lazarus under systemd has a namespace of
+/// its own (`PrivateTmp=`, `ProtectHome=` hide `/tmp` and `/home`). When ours
+/// differs from init's, the node's view is `/proc/1/root`; else `/`.
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::check_volumes)")]
+fn node_root() -> PathBuf {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    match (ns("1"), ns("self")) {
+        (Some(init), Some(ours)) if init != ours && std::fs::metadata("/proc/1/root/").is_ok() => {
+            PathBuf::from("/proc/1/root")
+        }
+        _ => PathBuf::from("/"),
+    }
 }
 
 /// Reads the checkpoint tree's record; `Ok(None)` when it has none (older
