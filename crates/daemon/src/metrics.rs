@@ -713,6 +713,7 @@ mod tests {
         m.restore(RestoreResult::Restored);
         m.restore(RestoreResult::Failed);
         m.restore_failed("image");
+        m.restore_fresh_start("none_usable");
         m.restore_prepared(Duration::from_millis(700), 1000);
 
         let om = m.encode_openmetrics();
@@ -736,6 +737,7 @@ mod tests {
             "lazarus_rejected_annotations_total counter",
             "lazarus_restores_total counter",
             "lazarus_restore_failures_total counter",
+            "lazarus_restore_fresh_starts_total counter",
             "lazarus_restore_duration_seconds histogram",
             "lazarus_restore_bytes_total counter",
         ] {
@@ -762,6 +764,7 @@ mod tests {
         assert_eq!(sample(&text, "lazarus_store_size_bytes"), Some(123_456.0));
         assert_eq!(sample(&text, r#"lazarus_restores_total{result="restored"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"lazarus_restore_failures_total{reason="image"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"lazarus_restore_fresh_starts_total{reason="none_usable"}"#), Some(1.0));
         assert_eq!(sample(&text, "lazarus_restore_bytes_total"), Some(1000.0));
         let last = sample(
             &text,
