@@ -597,7 +597,15 @@ async fn a_kubelet_checkpoint_archive_restores_too() -> Result<()> {
     let failures = std::fs::read_to_string(bed.state_dir().join("restore-failures.json"))?;
     let failures: serde_json::Value = serde_json::from_str(&failures)?;
     let recorded = failures[format!("{NAMESPACE}/archived/stateful")].as_array().cloned().unwrap_or_default();
-    ensure!(recorded.iter().any(|c| c.as_str() == Some(path.as_str())), "failure not recorded: {failures}");
+    ensure!(
+        recorded.iter().any(|c| c["checkpoint"].as_str() == Some(path.as_str()) && c["recorded"].is_string()),
+        "failure not recorded: {failures}"
+    );
+    // Remembered as the checkpoint's fault, with CRIU's cause.
+    ensure!(
+        recorded.iter().any(|c| c["reason"].as_str().is_some_and(|r| r.contains("inventory.img"))),
+        "the cause is not kept: {failures}"
+    );
     bed.remove_pod(&pod_id).await?;
     Ok(())
 }

@@ -21,6 +21,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/lazarus";
 pub const DEFAULT_RUN_DIR: &str = "/run/lazarus";
 /// How long in-flight calls may take to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed restore is remembered against its checkpoint by default.
+pub const DEFAULT_RESTORE_FAILURE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Checkpoints running at once on a node.
 pub const DEFAULT_MAX_CONCURRENT_CHECKPOINTS: usize = 2;
 /// How long connecting to the upstream may take before a call fails.
@@ -106,6 +108,8 @@ pub struct FileConfig {
     pub restore_allowed_dirs: Option<Vec<PathBuf>>,
     /// Sources (reference prefixes) that may be restored into a namespace other than their own.
     pub restore_cross_namespace_sources: Option<Vec<String>>,
+    /// Go-style duration a restore failure is remembered against a checkpoint (default 24h).
+    pub restore_failure_expiry: Option<String>,
     /// `host:port` of the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; none (off) by default.
     pub metrics_listen: Option<String>,
     /// Whether `lazarus serve` refuses to start without a usable CRIU (default true).
@@ -168,6 +172,8 @@ pub struct Config {
     pub restore_allowed_dirs: Vec<PathBuf>,
     /// Sources that may be restored into another namespace.
     pub restore_cross_namespace_sources: Vec<String>,
+    /// How long a restore failure is remembered against a checkpoint.
+    pub restore_failure_expiry: Duration,
     /// Address of the metrics and health endpoint; `None`: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Refuse to start without a usable CRIU.
@@ -304,6 +310,11 @@ impl Config {
             restore_allowed_registries,
             restore_allowed_dirs,
             restore_cross_namespace_sources: file.restore_cross_namespace_sources.unwrap_or_default(),
+            restore_failure_expiry: duration_setting(
+                "restore_failure_expiry",
+                file.restore_failure_expiry,
+                DEFAULT_RESTORE_FAILURE_EXPIRY,
+            )?,
             metrics_listen,
             require_criu: file.require_criu.unwrap_or(true),
         })

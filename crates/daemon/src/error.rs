@@ -98,8 +98,42 @@ impl ProxyError {
 
 impl From<ProxyError> for Status {
     fn from(err: ProxyError) -> Self {
-        Status::new(err.code(), format!("lazarus: {err}"))
+        let message = format!("lazarus: {err}");
+        match &err {
+            // kubelet shows it in `kubectl describe` events: the cause first, short;
+            // the whole text is in lazarus's log (the restore engine logs every refusal).
+            ProxyError::Restore { .. } => Status::new(err.code(), cap_message(&message, MAX_REFUSAL)),
+            _ => Status::new(err.code(), message),
+        }
     }
+}
+
+/// The longest gRPC message of a refused restore, in bytes.
+pub const MAX_REFUSAL: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a line boundary, marked with `…` when
+/// cut (a first line longer than that is cut at a character boundary).
+pub fn cap_message(text: &str, max: usize) -> String {
+    const MARK: &str = "…";
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let budget = max.saturating_sub(MARK.len() + 1);
+    let mut kept = 0;
+    for line in text.split_inclusive('\n') {
+        if kept + line.len() > budget {
+            break;
+        }
+        kept += line.len();
+    }
+    if kept == 0 {
+        kept = budget;
+        while !text.is_char_boundary(kept) {
+            kept -= 1;
+        }
+        return format!("{}{MARK}", &text[..kept]);
+    }
+    format!("{}\n{MARK}", text[..kept].trim_end_matches('\n'))
 }
 
 /// The gRPC code for a registry error, the one mapping (restores use it through
@@ -130,6 +164,20 @@ pub use lazarus_format::errors::chain;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusal_messages_are_capped_at_a_line_boundary() {
+        use super::cap_message;
+        assert_eq!(cap_message("short", 1024), "short");
+        let long: String = (0..100).map(|i| format!("line {i} of the refusal\n")).collect();
+        let capped = cap_message(&long, 1024);
+        assert!(capped.len() <= 1024, "{}", capped.len());
+        assert!(capped.starts_with("line 0 of the refusal\nline 1 "), "{capped}");
+        assert!(capped.ends_with("of the refusal\n…"), "{capped}");
+        let one = "é".repeat(1000);
+        let cut = cap_message(&one, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{}", cut.len());
+    }
+
     use super::*;
 
     #[test]

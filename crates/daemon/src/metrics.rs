@@ -170,6 +170,7 @@ struct Inner {
     rejected_annotations: Family<AnnotationLabels, Counter>,
     restores: Family<ResultLabels, Counter>,
     restore_failures: Family<ReasonLabels, Counter>,
+    restore_fresh_starts: Family<ReasonLabels, Counter>,
     restore_duration: Histogram,
     restore_bytes: Counter,
 }
@@ -258,6 +259,12 @@ impl Metrics {
             "Restores refused, fallen back to a fresh start or failed in CRIU, by reason",
             restore_failures.clone(),
         );
+        let restore_fresh_starts = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "lazarus_restore_fresh_starts",
+            "Containers asking for a best-effort restore that started from zero, by reason",
+            restore_fresh_starts.clone(),
+        );
         let restore_duration = Histogram::new(RESTORE_BUCKETS);
         registry.register_with_unit(
             "lazarus_restore_duration",
@@ -302,6 +309,7 @@ impl Metrics {
                 rejected_annotations,
                 restores,
                 restore_failures,
+                restore_fresh_starts,
                 restore_duration,
                 restore_bytes,
             }),
@@ -386,6 +394,11 @@ impl Metrics {
     /// A restore failed (refused, fallen back or failed in CRIU) for `reason`.
     pub fn restore_failed(&self, reason: &'static str) {
         self.inner.restore_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Best effort: the container started from zero for `reason` ([`crate::restore::RestoreError::reason`]).
+    pub fn restore_fresh_start(&self, reason: &'static str) {
+        self.inner.restore_fresh_starts.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// A restore was prepared in `elapsed`, unpacking `bytes`.
@@ -700,6 +713,7 @@ mod tests {
         m.restore(RestoreResult::Restored);
         m.restore(RestoreResult::Failed);
         m.restore_failed("image");
+        m.restore_fresh_start("none_usable");
         m.restore_prepared(Duration::from_millis(700), 1000);
 
         let om = m.encode_openmetrics();
@@ -723,6 +737,7 @@ mod tests {
             "lazarus_rejected_annotations_total counter",
             "lazarus_restores_total counter",
             "lazarus_restore_failures_total counter",
+            "lazarus_restore_fresh_starts_total counter",
             "lazarus_restore_duration_seconds histogram",
             "lazarus_restore_bytes_total counter",
         ] {
@@ -749,6 +764,7 @@ mod tests {
         assert_eq!(sample(&text, "lazarus_store_size_bytes"), Some(123_456.0));
         assert_eq!(sample(&text, r#"lazarus_restores_total{result="restored"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"lazarus_restore_failures_total{reason="image"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"lazarus_restore_fresh_starts_total{reason="none_usable"}"#), Some(1.0));
         assert_eq!(sample(&text, "lazarus_restore_bytes_total"), Some(1000.0));
         let last = sample(
             &text,

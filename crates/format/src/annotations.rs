@@ -14,6 +14,11 @@ pub const CHECKPOINT_REPOSITORY: &str = "lazarus.dev/checkpoint-repository";
 /// (Jobs, Deployments, workflow engines) find their `latest`.
 pub const CHECKPOINT_NAME: &str = "lazarus.dev/checkpoint-name";
 
+/// Pod annotation: volumes (comma-separated container paths, or `*`) whose open
+/// files may have grown since the checkpoint without refusing the restore (the
+/// program tolerates records after its checkpointed position).
+pub const VOLUME_APPENDS_OK: &str = "lazarus.dev/volume-appends-ok";
+
 /// Checkpoints kept per container when the pod does not say.
 pub const DEFAULT_KEEP: usize = 3;
 

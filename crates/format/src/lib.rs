@@ -10,6 +10,7 @@
 //! - [`archive`]: safe unpacking of a checkpoint tree, digest checked on the way;
 //! - [`metadata`]: what a checkpoint says about where it came from;
 //! - [`criu_log`]: what is quoted of CRIU's logs when a dump or restore fails;
+//! - [`volumes`]: files open on volumes at checkpoint time, and the restore pre-check's comparison;
 //! - [`criu_stats`]: CRIU's `stats-dump` image (frozen time);
 //! - [`compression`], [`digest`], [`fsutil`], [`errors`]: the one copy of compression
 //!   sniffing, sha256 streaming, atomic writes, `PATH` search and error chains.
@@ -30,3 +31,4 @@ pub mod metadata;
 pub mod plan;
 pub mod rootfs_diff;
 pub mod timefmt;
+pub mod volumes;

@@ -38,6 +38,7 @@ use lazarus_store::{Store, StoreError};
 mod commit;
 mod cri_json;
 mod dump;
+mod open_files;
 mod push;
 mod side_files;
 mod target;
@@ -446,8 +447,9 @@ impl Checkpointer {
                 let (this, target_id, images, work, tree) =
                     (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
                 let pid = target.pid;
+                let volume_mounts = open_files::volume_mounts(&target.spec);
                 tokio::spawn(async move {
-                    let outcome = this.cut(&target_id, pid, &images, &work, &tree).await;
+                    let outcome = this.cut(&target_id, pid, &images, &work, &tree, &volume_mounts).await;
                     drop(thawed);
                     outcome
                 })

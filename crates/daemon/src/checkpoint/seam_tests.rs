@@ -322,6 +322,7 @@ async fn a_checkpoint_is_committed_pruned_to_keep_and_restorable_by_latest() {
         allowed_dirs: Vec::new(),
         cross_namespace_sources: Vec::new(),
         failures_file: bed.dir.path().join("restore-failures.json"),
+        failure_expiry: std::time::Duration::from_secs(3600),
     };
     let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
     let restorer =

@@ -26,6 +26,7 @@ use lazarus_store::Store;
 mod candidates;
 mod outcome;
 mod stage;
+mod volumes;
 
 use candidates::{Candidate, newest_per_container};
 pub use stage::Staged;
@@ -45,6 +46,8 @@ pub struct RestorerConfig {
     pub cross_namespace_sources: Vec<String>,
     /// Where failed restores are remembered (survives lazarus restarts).
     pub failures_file: PathBuf,
+    /// How long a failure is remembered against a checkpoint (`restore_failure_expiry`).
+    pub failure_expiry: Duration,
 }
 
 impl From<&crate::config::Config> for RestorerConfig {
@@ -56,6 +59,7 @@ impl From<&crate::config::Config> for RestorerConfig {
             allowed_dirs: config.restore_allowed_dirs.clone(),
             cross_namespace_sources: config.restore_cross_namespace_sources.clone(),
             failures_file: config.state_dir.join("restore-failures.json"),
+            failure_expiry: config.restore_failure_expiry,
         }
     }
 }
@@ -117,6 +121,15 @@ pub enum RestoreError {
         /// What was tried and why each failed; or that there were none.
         tried: String,
     },
+    /// The new container's volumes do not hold the files the checkpoint's
+    /// processes had open (the environment's fault: not remembered).
+    #[error("{}", volume_message(reference, mismatches))]
+    Volume {
+        /// The checkpoint.
+        reference: String,
+        /// Each volume that does not match.
+        mismatches: Vec<volumes::Mismatch>,
+    },
     /// The runtime could not be asked.
     #[error("asking the runtime: {0}")]
     Runtime(String),
@@ -154,6 +167,7 @@ impl RestoreError {
             },
             RestoreError::Unpack { .. } | RestoreError::Corrupt { .. } => "integrity",
             RestoreError::Handler { .. } => "handler",
+            RestoreError::Volume { .. } => "volume",
             RestoreError::NoneUsable { .. } => "none_usable",
             RestoreError::Runtime(_) => "runtime",
             RestoreError::Fetch { source: FetchError::StillDownloading { .. }, .. } => "downloading",
@@ -168,15 +182,37 @@ impl RestoreError {
         match self {
             RestoreError::Annotation(_) => Code::InvalidArgument,
             RestoreError::NotFound { .. } => Code::NotFound,
-            RestoreError::Check { .. } | RestoreError::Handler { .. } | RestoreError::NoneUsable { .. } => {
-                Code::FailedPrecondition
-            }
+            RestoreError::Check { .. }
+            | RestoreError::Handler { .. }
+            | RestoreError::NoneUsable { .. }
+            | RestoreError::Volume { .. } => Code::FailedPrecondition,
             RestoreError::Unpack { .. } | RestoreError::Corrupt { .. } => Code::DataLoss,
             RestoreError::Runtime(_) => Code::Unavailable,
             RestoreError::Fetch { source, .. } => source.code(),
             RestoreError::Io { .. } => Code::Internal,
         }
     }
+}
+
+impl RestoreError {
+    /// Whether this attempt failed because of the node, not the checkpoint
+    /// (a volume that does not match, a runtime that cannot be asked): kubelet's
+    /// retry may succeed with the same checkpoint, so even best effort refuses
+    /// rather than start fresh, and nothing is remembered against it.
+    pub fn is_environment(&self) -> bool {
+        matches!(self, RestoreError::Volume { .. } | RestoreError::Runtime(_))
+    }
+}
+
+/// The refusal of a volume pre-check: the volumes and files first (the cause), then what to do.
+fn volume_message(reference: &str, mismatches: &[volumes::Mismatch]) -> String {
+    let listed: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+    format!(
+        "{}\nthe checkpoint {reference} had these files open: put them back as they were at its time \
+         (a volume whose files may have grown can be allowed with {}), and kubelet's retry restores it",
+        listed.join("\n"),
+        lazarus_format::annotations::VOLUME_APPENDS_OK
+    )
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + use<> {
@@ -195,6 +231,8 @@ struct Subject {
     sandbox_id: String,
     image: v1::ImageSpec,
     annotations: HashMap<String, String>,
+    /// The new container's mounts: container path → host path.
+    mounts: Vec<(String, String)>,
 }
 
 impl Subject {
@@ -308,6 +346,11 @@ impl Restorer {
             sandbox_id: request.pod_sandbox_id.clone(),
             image: request.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
             annotations: sandbox.annotations.clone(),
+            mounts: request
+                .config
+                .as_ref()
+                .map(|c| c.mounts.iter().map(|m| (m.container_path.clone(), m.host_path.clone())).collect())
+                .unwrap_or_default(),
         };
         let span = tracing::info_span!("restore", pod = %format!("{}/{}", subject.namespace, subject.pod), container = %subject.container);
         span.in_scope(|| tracing::info!(annotation = %wanted.annotation, wanted = ?wanted.wanted, policy = wanted.policy.as_str(), "restore requested"));
@@ -326,10 +369,19 @@ impl Restorer {
                 self.metrics.restore(RestoreResult::Pending);
                 Err(err)
             }
-            Err(err) if wanted.policy == Policy::BestEffort => {
+            // Best effort starts fresh only when no checkpoint can be used, never
+            // because of the node (a volume, the runtime): kubelet retries those.
+            Err(err) if wanted.policy == Policy::BestEffort && !err.is_environment() => {
                 self.metrics.restore(RestoreResult::Fresh);
                 self.metrics.restore_failed(err.reason());
-                tracing::warn!(error = %err, "no checkpoint restored; best effort: the container starts fresh");
+                self.metrics.restore_fresh_start(err.reason());
+                tracing::warn!(
+                    pod = %format!("{}/{}", subject.namespace, subject.pod),
+                    container = %subject.container,
+                    reason = err.reason(),
+                    error = %err,
+                    "FreshStart: no checkpoint restored; best effort: the container starts from zero"
+                );
                 Ok(None)
             }
             Err(err) => {
@@ -355,7 +407,7 @@ impl Restorer {
                 self.stage(subject, &candidate, &image_ids, wait).await
             }
             Wanted::Latest => {
-                let failed = self.failed(&subject.key());
+                let failed = self.failed(&subject.key()).await;
                 let (candidates, origin) = self.latest_candidates(subject).await?;
                 if candidates.is_empty() {
                     return Err(RestoreError::NoneUsable { tried: format!("{origin} has no checkpoint") });
@@ -381,6 +433,8 @@ impl Restorer {
                         Err(err @ RestoreError::Fetch { source: FetchError::StillDownloading { .. }, .. }) => {
                             return Err(err);
                         }
+                        // The node's volumes, not this checkpoint: an older one would not match either.
+                        Err(err) if err.is_environment() => return Err(err),
                         Err(err) => {
                             tracing::warn!(checkpoint = %reference, error = %err, "checkpoint unusable; trying the next older one");
                             tried.push(err.to_string());

@@ -2,6 +2,7 @@
 //! captured, then resumed — always resumed; and the staging directory it is
 //! written into.
 
+use super::open_files::VolumeMount;
 use super::*;
 use crate::containerd_api::CheckpointOptions;
 
@@ -15,12 +16,13 @@ impl Checkpointer {
         images: &Path,
         work: &Path,
         tree: &Path,
+        volume_mounts: &[VolumeMount],
     ) -> Result<Cut, CheckpointError> {
         let markers = self.frozen_markers();
         let frozen_at = Instant::now();
         freeze::freeze(&*self.runtime, &markers, id).await?;
         let dump_started = Instant::now();
-        let captured = self.dump_and_capture(id, pid, images, work, tree).await;
+        let captured = self.dump_and_capture(id, pid, images, work, tree, volume_mounts).await;
         let dump_time = dump_started.elapsed();
         let thawed = freeze::thaw(&*self.runtime, &markers, id).await;
         let frozen_time = frozen_at.elapsed();
@@ -40,6 +42,7 @@ impl Checkpointer {
         images: &Path,
         work: &Path,
         tree: &Path,
+        volume_mounts: &[VolumeMount],
     ) -> Result<(), CheckpointError> {
         let options = CheckpointOptions {
             exit: false,
@@ -58,7 +61,11 @@ impl Checkpointer {
                 log,
             });
         }
-        self.capture_writable_layer(id, pid, tree).await
+        self.capture_writable_layer(id, pid, tree).await?;
+
+        // Volumes (issue 11 item 3): the files the processes hold open on
+        // bind-mount volumes, with size and mtime, for the restore pre-check.
+        self.record_open_files(id, pid, volume_mounts, tree).await
     }
 
     /// The writable layer's changes: `rootfs-diff.tar` and `deleted.files`.

@@ -9,7 +9,7 @@ use lazarus_proto::v1;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
-use super::outcome::{failed_checkpoints, record_failure};
+use super::outcome::{failed_checkpoints, record_failure, record_failure_at};
 use super::*;
 use oci_spec::image::ImageManifest;
 
@@ -20,6 +20,7 @@ use lazarus_format::plan::Origin;
 use lazarus_registry::{RegistryClient, RegistrySettings};
 
 const HANDLER: &str = "lazarus";
+const HOUR: Duration = Duration::from_secs(3600);
 const IMAGE: &str = "docker.io/library/app:1";
 
 fn image_id() -> String {
@@ -55,6 +56,7 @@ fn bed_with(settings: RegistrySettings, allowed_registries: Vec<String>) -> Bed 
         allowed_dirs: Vec::new(),
         cross_namespace_sources: Vec::new(),
         failures_file: dir.path().join("restore-failures.json"),
+        failure_expiry: Duration::from_secs(3600),
     };
     let registry = RegistryClient::new(settings).expect("registry client");
     let restorer = Restorer::new(fake.clone(), store.clone(), config, registry).expect("restorer");
@@ -89,14 +91,27 @@ fn create_request(annotations: &[(&str, &str)]) -> v1::CreateContainerRequest {
 
 /// Commits a checkpoint of `ns/p/app` created at `created`; returns its manifest digest.
 fn commit_checkpoint(store: &Store, created: &str, tag: &str) -> String {
-    commit_checkpoint_keyed(store, created, tag, "ns/p/app")
+    commit_checkpoint_full(store, created, tag, "ns/p/app", &[])
 }
 
 /// Commits a checkpoint kept under `key` (`namespace/<identity>/container`).
 fn commit_checkpoint_keyed(store: &Store, created: &str, tag: &str, key: &str) -> String {
+    commit_checkpoint_full(store, created, tag, key, &[])
+}
+
+/// Same as [`commit_checkpoint`], with extra files (name, content) in the checkpoint tree.
+fn commit_checkpoint_with(store: &Store, created: &str, tag: &str, extra: &[(&str, &str)]) -> String {
+    commit_checkpoint_full(store, created, tag, "ns/p/app", extra)
+}
+
+/// Commits a checkpoint kept under `key` with extra files in its tree.
+fn commit_checkpoint_full(store: &Store, created: &str, tag: &str, key: &str, extra: &[(&str, &str)]) -> String {
     let scratch = tempfile::tempdir().expect("tempdir");
     let tree = scratch.path().join("tree");
     std::fs::create_dir_all(tree.join(ann::files::CHECKPOINT_DIR)).expect("tree");
+    for (name, content) in extra {
+        std::fs::write(tree.join(name), content).expect("extra file");
+    }
     std::fs::write(tree.join(ann::files::CHECKPOINT_DIR).join("pages-1.img"), tag).expect("image");
     let annotations: BTreeMap<String, String> = [
         (ann::CRIU_POD_NAMESPACE, "ns"),
@@ -136,6 +151,13 @@ fn restores(restorer: &Restorer, result: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
+/// `lazarus_restore_fresh_starts_total{reason}` (0 when never counted).
+fn fresh_starts(restorer: &Restorer, reason: &str) -> f64 {
+    let text = restorer.metrics.encode_prometheus_text();
+    let name = format!("lazarus_restore_fresh_starts_total{{reason=\"{reason}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(name.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
 fn expect_staged(result: Result<Option<Staged>, RestoreError>) -> Staged {
     match result {
         Ok(Some(staged)) => staged,
@@ -152,6 +174,7 @@ async fn best_effort_without_a_usable_checkpoint_starts_fresh() {
     assert!(prepared.is_none(), "nothing to restore: a fresh start");
     assert_eq!(bed.fake.calls(), ["PodSandboxStatus sb1", format!("ImageStatus {IMAGE}").as_str()]);
     assert_eq!(restores(&bed.restorer, "fresh"), 1.0);
+    assert_eq!(fresh_starts(&bed.restorer, "none_usable"), 1.0);
 
     // The same pod with the policy required is refused, saying why.
     let request = create_request(&[(ra::RESTORE_FROM, "latest"), (ra::RESTORE_POLICY, "required")]);
@@ -194,6 +217,8 @@ async fn latest_skips_a_remembered_failure_and_a_corrupt_checkpoint() {
     record_failure(
         &bed.restorer.config.failures_file,
         &Origin { key: "ns/p/app".into(), checkpoint: failed.clone(), source: "t3".into() },
+        "damaged",
+        HOUR,
     )
     .expect("remember");
 
@@ -207,6 +232,8 @@ async fn latest_skips_a_remembered_failure_and_a_corrupt_checkpoint() {
     record_failure(
         &bed.restorer.config.failures_file,
         &Origin { key: "ns/p/app".into(), checkpoint: oldest.clone(), source: "t1".into() },
+        "damaged",
+        HOUR,
     )
     .expect("remember");
     drop(staged);
@@ -343,7 +370,7 @@ async fn a_failed_start_is_remembered_and_latest_skips_it_next_time() {
     let staged = expect_staged(bed.restorer.prepare(&request, None).await);
     bed.restorer.commit(staged, "c1").await.expect("plan");
     bed.restorer.started("c1", Some("runc restore: criu failed"));
-    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app"), vec![digest.clone()]);
+    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app", HOUR), vec![digest.clone()]);
 
     let err = bed.restorer.prepare(&request, None).await.expect_err("the only one failed before");
     assert_eq!(
@@ -356,7 +383,7 @@ async fn a_failed_start_is_remembered_and_latest_skips_it_next_time() {
     assert_eq!(staged.origin.checkpoint, other);
     bed.restorer.commit(staged, "c2").await.expect("plan");
     bed.restorer.started("c2", None);
-    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app"), vec![digest]);
+    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app", HOUR), vec![digest]);
 }
 
 #[tokio::test]
@@ -433,4 +460,127 @@ async fn latest_of_a_retried_job_pod_is_its_jobs_checkpoint_and_names_are_valida
     assert_eq!(err.reason(), "annotation");
     assert!(err.to_string().starts_with("annotation lazarus.dev/checkpoint-name=\"a/b\" rejected:"), "{err}");
     assert_eq!(bed.fake.calls().len(), calls);
+}
+
+/// A `result.json` the wrapper leaves after CRIU failed with `lines`.
+fn failed_result(dir: &std::path::Path, lines: &[&str]) {
+    let result = serde_json::json!({
+        "ok": false,
+        "error": "runc restore: criu failed",
+        "restore_log": lines,
+        "finished": "2026-11-22T00:00:09Z",
+    });
+    std::fs::write(dir.join(plan::RESULT_FILE), result.to_string()).expect("result.json");
+}
+
+#[tokio::test]
+async fn a_failure_of_the_node_is_not_remembered_a_damaged_checkpoint_is() {
+    let bed = bed();
+    let digest = commit_checkpoint(&bed.store, "2026-11-22T00:00:01.000Z", "t1");
+    let request = create_request(&[(ra::RESTORE_FROM, "latest"), (ra::RESTORE_POLICY, "required")]);
+    let staged = expect_staged(bed.restorer.prepare(&request, None).await);
+    let dir = bed.restorer.commit(staged, "c1").await.expect("plan");
+    failed_result(
+        &dir,
+        &[
+            "(00.01) Error (criu/files-reg.c:2353): Can't open file data/log on restore: No such file or directory",
+            "(00.02) Error (criu/cr-restore.c:2522): Restoring FAILED.",
+        ],
+    );
+    bed.restorer.started("c1", Some("runc restore: criu failed"));
+    assert!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app", HOUR).is_empty());
+    // kubelet's retry gets the same checkpoint.
+    let staged = expect_staged(bed.restorer.prepare(&request, None).await);
+    assert_eq!(staged.origin.checkpoint, digest);
+
+    // CRIU's images damaged: remembered, and latest has nothing else.
+    let dir = bed.restorer.commit(staged, "c2").await.expect("plan");
+    failed_result(&dir, &["(00.00) Error (criu/image.c:558): Magic doesn't match for inventory.img"]);
+    bed.restorer.started("c2", Some("runc restore: criu failed"));
+    assert_eq!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app", HOUR), vec![digest.clone()]);
+    let text = std::fs::read_to_string(&bed.restorer.config.failures_file).expect("failures file");
+    assert!(text.contains("Magic doesn't match"), "the cause is kept: {text}");
+    let err = bed.restorer.prepare(&request, None).await.expect_err("the only checkpoint failed");
+    assert_eq!(err.reason(), "none_usable");
+}
+
+#[tokio::test]
+async fn a_remembered_failure_expires_and_latest_takes_the_checkpoint_again() {
+    let bed = bed();
+    let digest = commit_checkpoint(&bed.store, "2026-11-22T00:00:01.000Z", "t1");
+    let origin = Origin { key: "ns/p/app".into(), checkpoint: digest.clone(), source: "t1".into() };
+    let file = &bed.restorer.config.failures_file;
+    // Recorded two hours ago; the engine remembers for one.
+    let then = std::time::SystemTime::now() - 2 * HOUR;
+    record_failure_at(file, &origin, "damaged", HOUR, then).expect("remember");
+    let request = create_request(&[(ra::RESTORE_FROM, "latest"), (ra::RESTORE_POLICY, "required")]);
+    let staged = expect_staged(bed.restorer.prepare(&request, None).await);
+    assert_eq!(staged.origin.checkpoint, digest);
+    // Recorded a minute ago: skipped.
+    record_failure_at(file, &origin, "damaged", HOUR, std::time::SystemTime::now() - Duration::from_secs(60))
+        .expect("remember");
+    drop(staged);
+    let err = bed.restorer.prepare(&request, None).await.expect_err("skipped");
+    assert!(err.to_string().contains("its restore failed before"), "{err}");
+}
+
+#[tokio::test]
+async fn best_effort_refuses_when_a_volume_does_not_match_and_remembers_nothing() {
+    let bed = bed();
+    let host = tempfile::tempdir().expect("host dir");
+    std::fs::write(host.path().join("log"), "1\n2\n3\n").expect("log");
+    let record = serde_json::json!({"version": 1, "volumes": [{
+        "destination": "/data", "source": "/old/node/data", "kind": "host-path",
+        "files": [{"path": "log", "size": 4, "mtime_ns": 1}],
+    }]})
+    .to_string();
+    let older = commit_checkpoint(&bed.store, "2026-11-22T00:00:01.000Z", "t1");
+    let newest = commit_checkpoint_with(
+        &bed.store,
+        "2026-11-22T00:00:02.000Z",
+        "t2",
+        &[(lazarus_format::volumes::FILE, record.as_str())],
+    );
+    let mut request = create_request(&[(ra::RESTORE_FROM, "latest"), (ra::RESTORE_POLICY, "best-effort")]);
+    if let Some(config) = request.config.as_mut() {
+        config.mounts.push(v1::Mount {
+            container_path: "/data".into(),
+            host_path: host.path().display().to_string(),
+            ..Default::default()
+        });
+    }
+    let err = bed.restorer.prepare(&request, None).await.expect_err("an environment refusal is an error");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.reason(), "volume");
+    let message = err.to_string();
+    let first = message.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "volume /data (hostPath, host path {}): file log grew from 4 to 6 bytes after the checkpoint (restoring would duplicate records)",
+            host.path().display()
+        )
+    );
+    assert!(message.contains(&newest), "names the checkpoint: {message}");
+    // Not a fresh start, not the older checkpoint, nothing remembered.
+    assert_eq!(restores(&bed.restorer, "fresh"), 0.0);
+    assert_eq!(restores(&bed.restorer, "failed"), 1.0);
+    assert!(failed_checkpoints(&bed.restorer.config.failures_file, "ns/p/app", HOUR).is_empty());
+    assert_ne!(older, newest);
+
+    // Opted into appends, the same attempt restores the newest checkpoint.
+    let mut allowed = request.clone();
+    if let Some(sandbox) = allowed.sandbox_config.as_mut() {
+        sandbox.annotations.insert(ann::VOLUME_APPENDS_OK.into(), "/data".into());
+    }
+    let staged = expect_staged(bed.restorer.prepare(&allowed, None).await);
+    assert_eq!(staged.origin.checkpoint, newest);
+
+    // Not mounted at all in the new container: refused too, naming the volume.
+    let mut unmounted = request.clone();
+    if let Some(config) = unmounted.config.as_mut() {
+        config.mounts.clear();
+    }
+    let err = bed.restorer.prepare(&unmounted, None).await.expect_err("not mounted");
+    assert!(err.to_string().starts_with("volume /data (hostPath) is not mounted in the new container"), "{err}");
 }

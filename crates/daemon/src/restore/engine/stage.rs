@@ -106,13 +106,15 @@ impl Restorer {
             }?;
             let meta = CheckpointMetadata::read(&tree2, &annotations, image_arch.as_deref());
             let has_images = tree2.join(ann::files::CHECKPOINT_DIR).is_dir();
-            Ok::<_, RestoreError>((meta, has_images, unpacked))
+            let volumes = super::volumes::read_record(&tree2)
+                .map_err(|reason| RestoreError::Corrupt { reference: candidate2.reference(), reason })?;
+            Ok::<_, RestoreError>((meta, has_images, unpacked, volumes))
         })
         .await;
         if let Some(download) = &downloaded {
             self.fetcher.release(&download.layer_digest);
         }
-        let (meta, has_images, unpacked) = outcome?;
+        let (meta, has_images, unpacked, volumes) = outcome?;
         let target =
             Target { namespace: &subject.namespace, image_ids, image_name: &subject.image.image, arch: ann::go_arch() };
         let cross = checks::cross_namespace_allowed(&reference, &self.config.cross_namespace_sources);
@@ -124,6 +126,9 @@ impl Restorer {
                 reason: format!("it has no {}/ directory of CRIU images", ann::files::CHECKPOINT_DIR),
             });
         }
+        if let Some(record) = volumes {
+            self.check_volumes(subject, &reference, record).await?;
+        }
         tracing::info!(
             checkpoint = %reference,
             files = unpacked.files,
@@ -134,6 +139,26 @@ impl Restorer {
         );
         staged.bytes = unpacked.bytes;
         Ok(staged)
+    }
+
+    /// The volume pre-check ([`super::volumes`]): refuses this attempt when
+    /// the new container's volumes do not hold the files as recorded.
+    async fn check_volumes(
+        &self,
+        subject: &Subject,
+        reference: &str,
+        record: lazarus_format::volumes::Record,
+    ) -> Result<(), RestoreError> {
+        let mounts = subject.mounts.clone();
+        let appends_ok = subject.annotations.get(ann::VOLUME_APPENDS_OK).cloned();
+        let checked = record.volumes.len();
+        let mismatches =
+            crate::blocking::run(move || super::volumes::mismatches(&record, &mounts, appends_ok.as_deref())).await;
+        if !mismatches.is_empty() {
+            return Err(RestoreError::Volume { reference: reference.to_owned(), mismatches });
+        }
+        tracing::debug!(checkpoint = %reference, volumes = checked, "the volumes hold the checkpoint's open files as recorded");
+        Ok(())
     }
 
     /// Downloads a registry checkpoint's manifest, config and layer (verified).
