@@ -9,6 +9,7 @@
 //! - [`rootfs_diff`]: the container's writable-layer diff, taken and applied;
 //! - [`archive`]: safe unpacking of a checkpoint tree, digest checked on the way;
 //! - [`metadata`]: what a checkpoint says about where it came from;
+//! - [`pod_data`]: `/dev/shm` and `emptyDir` volumes captured in the cut and put back before CRIU restores;
 //! - [`criu_log`]: what is quoted of CRIU's logs when a dump or restore fails;
 //! - [`criu_stats`]: CRIU's `stats-dump` image (frozen time);
 //! - [`compression`], [`digest`], [`fsutil`], [`errors`]: the one copy of compression
@@ -28,5 +29,6 @@ pub mod fsutil;
 pub mod identity;
 pub mod metadata;
 pub mod plan;
+pub mod pod_data;
 pub mod rootfs_diff;
 pub mod timefmt;
