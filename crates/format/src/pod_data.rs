@@ -131,8 +131,9 @@ pub enum PodDataError {
     },
     /// A volume was not captured but had content, and the new one is empty.
     #[error(
-        "{volume} held {files} files ({bytes} bytes) at the checkpoint but was not captured ({reason}), \
-         and the new pod's is empty: the process would run against data it no longer has"
+        "{volume} held {files} files ({}) at the checkpoint but was not captured ({reason}), \
+         and the new pod's is empty: the process would run against data it no longer has",
+        human_size(*bytes)
     )]
     LostContent {
         /// The volume.
@@ -608,6 +609,18 @@ fn clear_dir(dir: &Path) -> Result<(), PodDataError> {
         removed.map_err(|source| io_error(format!("removing {}", path.display()), source))?;
     }
     Ok(())
+}
+
+/// `5.0 MiB`, `512 B`: sizes in messages.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn io_error(context: String, source: io::Error) -> PodDataError {

@@ -272,7 +272,7 @@ fn a_volume_left_out_with_content_is_refused_only_when_the_new_one_is_empty() {
     };
     let spec = spec(json!([{"destination": "/scratch", "type": "bind", "source": scratch}]));
     let err = placements(tmp.path(), Some(&left_out(2)), &spec).expect_err("lost").to_string();
-    assert!(err.contains("emptyDir \"scratch\" at /scratch held 2 files (20 bytes)"), "{err}");
+    assert!(err.contains("emptyDir \"scratch\" at /scratch held 2 files (20 B)"), "{err}");
     assert!(err.contains(CAPTURE_EMPTY_DIRS), "{err}");
     assert_eq!(placements(tmp.path(), Some(&left_out(0)), &spec).expect("nothing lost"), Vec::new());
     write(&scratch.join("kept"), "the same pod's directory");
@@ -289,6 +289,13 @@ fn a_foreign_tree_with_only_devshm_checkpoint_tar_goes_to_dev_shm() {
     let placed = placements(tmp.path(), None, &spec).expect("placed");
     assert_eq!(placed.len(), 1);
     assert_eq!(placed[0].target, shm);
+}
+
+#[test]
+fn sizes_read_like_sizes() {
+    assert_eq!(human_size(512), "512 B");
+    assert_eq!(human_size(5 << 20), "5.0 MiB");
+    assert_eq!(human_size(3 << 29), "1.5 GiB");
 }
 
 #[test]

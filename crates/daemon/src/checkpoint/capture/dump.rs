@@ -1,6 +1,6 @@
-//! The cut: the container paused, dumped by CRIU and its writable layer
-//! captured, then resumed — always resumed; and the staging directory it is
-//! written into.
+//! The cut: the container paused, dumped by CRIU, its writable layer and
+//! pod data (`/dev/shm`, `emptyDir` volumes) captured, then resumed — always
+//! resumed; and the staging directory it is written into.
 
 use super::*;
 use crate::containerd_api::CheckpointOptions;
@@ -15,12 +15,13 @@ impl Checkpointer {
         images: &Path,
         work: &Path,
         tree: &Path,
+        pod_data: &PodDataSources,
     ) -> Result<Cut, CheckpointError> {
         let markers = self.frozen_markers();
         let frozen_at = Instant::now();
         freeze::freeze(&*self.runtime, &markers, id).await?;
         let dump_started = Instant::now();
-        let captured = self.dump_and_capture(id, pid, images, work, tree).await;
+        let captured = self.dump_and_capture(id, pid, images, work, tree, pod_data).await;
         let dump_time = dump_started.elapsed();
         let thawed = freeze::thaw(&*self.runtime, &markers, id).await;
         let frozen_time = frozen_at.elapsed();
@@ -32,7 +33,8 @@ impl Checkpointer {
         Ok(Cut { dump_time, frozen_time })
     }
 
-    /// CRIU's dump (the container stays frozen after it) and the writable layer.
+    /// CRIU's dump (the container stays frozen after it), the writable layer
+    /// and the pod data.
     async fn dump_and_capture(
         &self,
         id: &str,
@@ -40,6 +42,7 @@ impl Checkpointer {
         images: &Path,
         work: &Path,
         tree: &Path,
+        pod_data: &PodDataSources,
     ) -> Result<(), CheckpointError> {
         let options = CheckpointOptions {
             exit: false,
@@ -58,7 +61,9 @@ impl Checkpointer {
                 log,
             });
         }
-        self.capture_writable_layer(id, pid, tree).await
+        self.capture_writable_layer(id, pid, tree).await?;
+        // `/dev/shm` and the `emptyDir` volumes, still frozen (capture/pod_data.rs).
+        self.capture_pod_data(id, pod_data, tree).await
     }
 
     /// The writable layer's changes: `rootfs-diff.tar` and `deleted.files`.
