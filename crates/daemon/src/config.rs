@@ -579,6 +579,20 @@ mod tests {
     }
 
     #[test]
+    fn pod_data_caps_default_to_1_gib_and_are_configurable() {
+        let config = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!((config.empty_dir_capture_max_size, config.dev_shm_capture_max_size), (1 << 30, 1 << 30));
+        let text = "empty_dir_capture_max_size = \"64KiB\"\ndev_shm_capture_max_size = \"2GiB\"";
+        let config = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect("valid");
+        assert_eq!((config.empty_dir_capture_max_size, config.dev_shm_capture_max_size), (64 << 10, 2 << 30));
+        for key in ["empty_dir_capture_max_size", "dev_shm_capture_max_size"] {
+            let file = parse(&format!("{key} = \"lots\""), origin()).expect("parses");
+            let err = Config::resolve(file, Overrides::default()).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn registry_settings_are_validated() {
         let c = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
         assert_eq!(c.registry_credentials, None);

@@ -90,7 +90,7 @@ impl PodDataSources {
     /// From the runtime spec's mounts, the pod's annotations and the caps.
     pub(super) fn of(target: &Target, config: &CheckpointerConfig) -> PodDataSources {
         let mounts = pd::mounts(&target.spec);
-        let switched_off = match target.pod.annotations.get(pd::CAPTURE_EMPTY_DIRS).map(String::as_str) {
+        let switched_off = match target.pod.annotations.get(pd::CAPTURE_EMPTY_DIRS).map(|v| v.trim()) {
             None | Some("true") => None,
             Some("false") => Some(format!("switched off for the pod by {}: \"false\"", pd::CAPTURE_EMPTY_DIRS)),
             Some(other) => {
