@@ -305,8 +305,18 @@ pub struct Usage {
 /// filesystem, symlinks not followed. A symlink that leads outside `dir` is an error
 /// ([`PodDataError::SymlinkOutside`]); `volume` names the volume in errors.
 pub fn measure(dir: &Path, volume: &str) -> Result<Usage, PodDataError> {
+    walk_usage(dir, volume, true)
+}
+
+/// [`measure`] of a volume that is not captured: symlinks are not judged.
+pub fn measure_only(dir: &Path, volume: &str) -> Result<Usage, PodDataError> {
+    walk_usage(dir, volume, false)
+}
+
+fn walk_usage(dir: &Path, volume: &str, judge_symlinks: bool) -> Result<Usage, PodDataError> {
     let meta = fs::metadata(dir).map_err(|source| io_error(format!("inspecting {}", dir.display()), source))?;
-    let mut walk = Measure { device: meta.dev(), usage: Usage::default(), seen: HashSet::new(), volume };
+    let mut walk =
+        Measure { device: meta.dev(), usage: Usage::default(), seen: HashSet::new(), volume, judge_symlinks };
     walk.dir(dir, Path::new(""))?;
     Ok(walk.usage)
 }
@@ -316,6 +326,7 @@ struct Measure<'a> {
     usage: Usage,
     seen: HashSet<(u64, u64)>,
     volume: &'a str,
+    judge_symlinks: bool,
 }
 
 impl Measure<'_> {
@@ -347,7 +358,7 @@ impl Measure<'_> {
                 }
                 self.usage.files += 1;
                 self.usage.bytes += meta.len();
-            } else if kind.is_symlink() {
+            } else if kind.is_symlink() && self.judge_symlinks {
                 let target = match fs::read_link(&path) {
                     Ok(target) => target,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => continue,

@@ -111,6 +111,8 @@ fn a_symlink_leading_out_of_a_volume_is_refused_at_capture() {
     let err = measure(&tmp.path().join("v"), "emptyDir \"scratch\" at /scratch").expect_err("outside");
     let text = err.to_string();
     assert!(text.contains("passwd") && text.contains("/etc/passwd") && text.contains("scratch"), "{text}");
+    let usage = measure_only(&tmp.path().join("v"), "left out").expect("not judged when not captured");
+    assert_eq!(usage, Usage { files: 1, bytes: 1 });
 }
 
 fn hostile_tar(path: &Path, name: &str, kind: tar::EntryType, link: Option<&str>) {

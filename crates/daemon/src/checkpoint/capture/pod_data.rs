@@ -182,6 +182,7 @@ fn write_pod_data(sources: &PodDataSources, tree: &Path) -> Result<Manifest, Pod
         if source.measure {
             let usage = match seen_names.get(&source.name).filter(|_| !is_shm) {
                 Some(usage) => *usage,
+                None if source.not_captured.is_some() => pd::measure_only(&source.path, &described)?,
                 None => pd::measure(&source.path, &described)?,
             };
             if !is_shm {
