@@ -458,17 +458,19 @@ impl Checkpointer {
             crate::blocking::run(move || Staging::prepare(&root, &id, &tag)).await?
         };
         let (tree, images, work) = (staging.tree(), staging.images(), staging.work());
+        let pod_data = PodDataSources::of(&target, &self.config);
         // Everything from here on is written into the staging directory; it is
         // removed before the answer (on the blocking pool), whatever the outcome.
         let result = async {
             // The cut: frozen from before the dump until the writable layer is
             // captured. It runs as a task of its own, so a caller that stops
             // waiting (the grace period of a stop) never leaves the container frozen.
+            // A volume already over its cap: refused without freezing the container.
+            self.check_pod_data(&container_id, &pod_data).await?;
             let cut = {
                 let (this, target_id, images, work, tree) =
                     (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
                 let pid = target.pid;
-                let pod_data = PodDataSources::of(&target, &self.config);
                 tokio::spawn(async move {
                     let outcome = this.cut(&target_id, pid, &images, &work, &tree, &pod_data).await;
                     drop(thawed);

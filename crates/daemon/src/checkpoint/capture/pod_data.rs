@@ -142,6 +142,18 @@ impl PodDataSources {
 }
 
 impl Checkpointer {
+    /// Before the cut, while the container runs: a volume already over its cap refuses the
+    /// checkpoint without freezing the container or dumping it (the cut checks again).
+    pub(super) async fn check_pod_data(&self, id: &str, sources: &PodDataSources) -> Result<(), CheckpointError> {
+        if sources.dev_shm.is_none() && sources.empty_dirs.is_empty() {
+            return Ok(());
+        }
+        let sources = sources.clone();
+        crate::blocking::run(move || measure_all(&sources).map(drop))
+            .await
+            .map_err(|source| CheckpointError::PodData { container_id: id.to_owned(), source })
+    }
+
     /// `/dev/shm` and the `emptyDir` volumes into `tree` (the container is frozen): measured,
     /// refused over their caps, archived, listed in the manifest.
     pub(super) async fn capture_pod_data(
@@ -169,10 +181,9 @@ impl Checkpointer {
     }
 }
 
-/// Measures, checks the caps, archives and writes the manifest; returns it.
-#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (capture_pod_data)")]
-fn write_pod_data(sources: &PodDataSources, tree: &Path) -> Result<Manifest, PodDataCaptureError> {
-    // Every volume measured before anything is written: a refusal names the first one over.
+/// Every volume measured, the caps checked: a refusal names the first one over. Blocking
+/// (it walks the volumes): called on the blocking pool only.
+fn measure_all(sources: &PodDataSources) -> Result<Vec<(Volume, &Source, bool)>, PodDataCaptureError> {
     let mut measured: Vec<(Volume, &Source, bool)> = Vec::new();
     let mut seen_names = std::collections::HashMap::<String, pd::Usage>::new();
     let all = sources.dev_shm.iter().map(|s| (s, true)).chain(sources.empty_dirs.iter().map(|s| (s, false)));
@@ -214,6 +225,14 @@ fn write_pod_data(sources: &PodDataSources, tree: &Path) -> Result<Manifest, Pod
         }
         measured.push((volume, source, is_shm));
     }
+    Ok(measured)
+}
+
+/// Measures, checks the caps, archives and writes the manifest; returns it.
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (capture_pod_data)")]
+fn write_pod_data(sources: &PodDataSources, tree: &Path) -> Result<Manifest, PodDataCaptureError> {
+    // Every volume measured before anything is written.
+    let measured = measure_all(sources)?;
     let mut manifest = Manifest { version: pd::VERSION, ..Manifest::default() };
     let mut archived = std::collections::HashMap::<String, String>::new();
     for (mut volume, source, is_shm) in measured {
@@ -313,5 +332,127 @@ mod tests {
         assert_eq!((entry.archive.as_deref(), entry.files, entry.bytes), (None, 2, 204));
         assert_eq!(entry.not_captured.as_deref(), Some("switched off"));
         assert!(!tree2.join("empty-dirs").exists());
+    }
+
+    use crate::runtime::fake::FakeRuntime;
+    use lazarus_proto::v1;
+
+    /// An engine over the fake runtime whose container `c1` mounts `scratch` as an emptyDir
+    /// and `shm` at /dev/shm; caps of 100 bytes.
+    fn engine(dir: &Path, scratch: &Path, shm: &Path) -> (Checkpointer, std::sync::Arc<FakeRuntime>) {
+        let store = Arc::new(Store::open(&dir.join("state/store")).expect("store"));
+        let fake = FakeRuntime::new();
+        let spec = serde_json::json!({"mounts": [
+            {"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind"]},
+            {"destination": "/scratch", "type": "bind", "source": scratch, "options": ["rbind"]},
+        ]});
+        let info = serde_json::json!({"pid": 1, "sandboxID": "sb1", "runtimeSpec": spec}).to_string();
+        fake.script(|s| {
+            s.list_containers.always(Ok(vec![v1::Container { id: "c1".into(), ..Default::default() }]));
+            s.container_status.always(Ok(v1::ContainerStatusResponse {
+                status: Some(v1::ContainerStatus {
+                    id: "c1".into(),
+                    state: v1::ContainerState::ContainerRunning as i32,
+                    metadata: Some(v1::ContainerMetadata { name: "app".into(), attempt: 0 }),
+                    image_id: format!("sha256:{}", "a".repeat(64)),
+                    ..Default::default()
+                }),
+                info: [("info".to_owned(), info)].into(),
+            }));
+            s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+                status: Some(v1::PodSandboxStatus {
+                    id: "sb1".into(),
+                    metadata: Some(v1::PodSandboxMetadata {
+                        name: "p".into(),
+                        namespace: "ns".into(),
+                        uid: "u".into(),
+                        attempt: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }));
+            s.version.always(Ok(v1::VersionResponse { runtime_name: "containerd".into(), ..Default::default() }));
+            s.pause_task.always(Ok(()));
+            s.resume_task.always(Ok(()));
+            s.checkpoint_task.always(Ok(()));
+        });
+        let config = CheckpointerConfig {
+            state_dir: dir.join("state"),
+            run_dir: dir.join("run"),
+            max_concurrent: 2,
+            compression: Compression::Zstd,
+            store_max_size: None,
+            registry: lazarus_registry::RegistrySettings::default(),
+            empty_dir_capture_max_size: 100,
+            dev_shm_capture_max_size: 100,
+        };
+        let upper = dir.join("upper");
+        std::fs::create_dir_all(&upper).expect("upper");
+        (Checkpointer::new(fake.clone(), store, config).with_upperdir(&upper), fake)
+    }
+
+    fn cut_calls(fake: &FakeRuntime) -> Vec<String> {
+        fake.calls().into_iter().filter(|c| c.ends_with("Task c1")).collect()
+    }
+
+    #[tokio::test]
+    #[expect(clippy::disallowed_methods, reason = "test set-up")]
+    async fn over_the_cap_before_the_cut_nothing_is_frozen_and_in_the_cut_it_is_thawed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scratch = dir.path().join("pods/u/volumes/kubernetes.io~empty-dir/scratch");
+        let shm = dir.path().join("shm");
+        for d in [&scratch, &shm] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(scratch.join("big"), vec![b'x'; 101]).expect("write");
+        let (engine, fake) = engine(dir.path(), &scratch, &shm);
+        let err = engine.checkpoint("c1", None).await.expect_err("over the cap");
+        assert_eq!(err.reason(), "pod_data_too_large", "{err}");
+        assert!(err.to_string().contains("emptyDir \"scratch\" at /scratch holds 101 B in 1 files"), "{err}");
+        assert_eq!(Status::from(err).code(), tonic::Code::FailedPrecondition);
+        assert_eq!(cut_calls(&fake), Vec::<String>::new(), "refused before the container was frozen");
+
+        // Under the cap before the cut, over it inside (written while the dump ran): refused
+        // there, the container thawed, nothing committed.
+        std::fs::write(scratch.join("big"), b"small").expect("write");
+        let shm2 = shm.clone();
+        fake.script(move |s| {
+            let shm = shm2.clone();
+            s.dump_hook = Some(Arc::new(move |_options| {
+                std::fs::write(shm.join("segment"), vec![0_u8; 4096]).expect("grow /dev/shm");
+            }));
+        });
+        let err = engine.checkpoint("c1", None).await.expect_err("over the cap in the cut");
+        assert!(err.to_string().contains("/dev/shm holds 4.0 KiB in 1 files, over the 100 B cap"), "{err}");
+        assert_eq!(cut_calls(&fake), ["PauseTask c1", "CheckpointTask c1", "ResumeTask c1"]);
+        assert!(engine.store().list().expect("list").is_empty(), "nothing committed");
+
+        // Under the caps: committed, with the manifest and both tars in the layer.
+        std::fs::remove_file(shm.join("segment")).expect("rm");
+        fake.script(|s| s.dump_hook = None);
+        let taken = engine.checkpoint("c1", None).await.expect("checkpoint");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&engine.store().read_blob(&taken.digest).expect("manifest")).expect("json");
+        let layer = engine.store().read_blob(manifest["layers"][0]["digest"].as_str().expect("layer")).expect("blob");
+        let tar = zstd::decode_all(&layer[..]).expect("zstd");
+        let mut names = Vec::new();
+        let mut pod_data = None;
+        for entry in tar::Archive::new(&tar[..]).entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").display().to_string();
+            if name.ends_with(pd::MANIFEST) {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).expect("read");
+                pod_data = Some(serde_json::from_str::<Manifest>(&text).expect("manifest"));
+            }
+            names.push(name);
+        }
+        for wanted in [pd::DEV_SHM_TAR, "empty-dirs/scratch.tar", pd::MANIFEST] {
+            assert!(names.iter().any(|n| n.trim_start_matches("./") == wanted), "{wanted} not in {names:?}");
+        }
+        let pod_data = pod_data.expect("pod-data.json");
+        assert_eq!(pod_data.empty_dirs[0].bytes, 5);
+        assert_eq!(pod_data.dev_shm.as_ref().map(|v| v.files), Some(0));
     }
 }
