@@ -79,11 +79,24 @@ impl Bed {
         script: &str,
         mounts: &[(&str, &Path)],
     ) -> Result<(String, String)> {
+        self.run_command(pod, name, &["/bin/sh", "-c", script], mounts).await
+    }
+
+    /// [`Bed::run`] with any command; the Debian image is imported, never pulled.
+    async fn run_command(
+        &mut self,
+        pod: &v1::PodSandboxConfig,
+        name: &str,
+        command: &[&str],
+        mounts: &[(&str, &Path)],
+    ) -> Result<(String, String)> {
         std::fs::create_dir_all(&pod.log_directory)?;
         let pod_id = self.cri.run_pod(pod).await?;
         let image = self.image.clone();
-        self.cri.pull(&image, pod).await?;
-        let mut config = container_config(pod, name, &image, &["/bin/sh", "-c", script]);
+        if image == self.bed.workload_image()? {
+            self.cri.pull(&image, pod).await?;
+        }
+        let mut config = container_config(pod, name, &image, command);
         config.mounts = mounts
             .iter()
             .map(|(container_path, host_path)| v1::Mount {
@@ -409,5 +422,64 @@ async fn a_writer_on_dev_shm_and_an_empty_dir_restores_clean_5_times() -> Result
         (pod_id, id) = (new_pod, new_id);
     }
     bed.cri.remove_pod(&pod_id).await?;
+    Ok(())
+}
+
+/// Python's `multiprocessing.shared_memory`: a segment in /dev/shm, mapped, with
+/// slot `i` (4 bytes) set to `i` each step and the step in memory.
+const SHARED_MEMORY: &str = "
+import time
+from multiprocessing import shared_memory
+shm = shared_memory.SharedMemory(name='lazarus-slots', create=True, size=4 * 100000)
+i = 0
+while True:
+    i += 1
+    shm.buf[4 * i:4 * i + 4] = i.to_bytes(4, 'little')
+    with open('/count', 'w') as f:
+        f.write(str(i))
+    time.sleep(0.05)
+";
+
+/// The slots 1..n of the segment that are set; each must hold its index.
+fn slots(path: &Path) -> Result<u64> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut n = 0;
+    for (i, chunk) in bytes.chunks_exact(4).enumerate().skip(1) {
+        let value = u32::from_le_bytes(chunk.try_into()?);
+        if value == 0 {
+            break;
+        }
+        ensure!(u64::from(value) == i as u64, "slot {i} holds {value}");
+        n = i as u64;
+    }
+    let rest = &bytes[(4 * (n as usize + 1)).min(bytes.len())..];
+    ensure!(rest.iter().all(|b| *b == 0), "slots after {n} are set: a gap");
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_shared_memory_comes_back() -> Result<()> {
+    let _serial = lazarus_e2e::serial().await;
+    let mut bed = Bed::up("").await?;
+    bed.image = bed.bed.debian_image()?.to_owned();
+    let pod = bed.pod("pyshm", &[]);
+    let (pod_id, id) = bed.run_command(&pod, "py", &["python3", "-c", SHARED_MEMORY], &[]).await?;
+    bed.counter_at_least(&id, "/count", 20).await?;
+    let reference = bed.checkpoint(&format!("{NAMESPACE}/pyshm/py"))?;
+    let after = bed.counter(&id).await?;
+    bed.counter_at_least(&id, "/count", after + 10).await?;
+    bed.cri.remove_pod(&pod_id).await?;
+
+    let restored = bed.pod("pyshm", &[("lazarus.dev/restore-from", &reference)]);
+    let (new_pod, new_id) =
+        bed.run_command(&restored, "py", &["python3", "-c", SHARED_MEMORY], &[]).await.context("restoring")?;
+    let resumed = bed.counter(&new_id).await?;
+    ensure!(resumed >= 20, "restored at {resumed}: started over");
+    bed.counter_at_least(&new_id, "/count", resumed + 10).await?;
+    let shm = bed.host_source(&new_id, "/dev/shm").await?;
+    let n = slots(&shm.join("lazarus-slots"))?;
+    ensure!(n >= resumed + 10, "the segment has slots 1..{n}, the counter is past {}", resumed + 10);
+    println!("checkpoint ≤{after}, restored at {resumed}; {} holds slots 1..{n}", shm.display());
+    bed.cri.remove_pod(&new_pod).await?;
     Ok(())
 }
