@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_CONCURRENT_CHECKPOINTS: usize = 2;
 /// How long connecting to the upstream may take before a call fails.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default cap of each `emptyDir` volume and of `/dev/shm` captured into a checkpoint: 1 GiB.
+pub const DEFAULT_POD_DATA_CAPTURE_MAX_SIZE: u64 = 1 << 30;
 /// The containerd runtime handler restored pods run with.
 pub const DEFAULT_RESTORE_HANDLER: &str = "lazarus";
 /// Where kubelet's checkpoint API writes archives.
@@ -91,6 +93,10 @@ pub struct FileConfig {
     pub checkpoint_compression: Option<String>,
     /// Size cap of the local checkpoint store (`"50GiB"`, `"500MiB"`, bytes); none by default.
     pub store_max_size: Option<String>,
+    /// Largest `emptyDir` volume captured into a checkpoint (`"1GiB"`); a larger one refuses it.
+    pub empty_dir_capture_max_size: Option<String>,
+    /// Largest `/dev/shm` captured into a checkpoint (`"1GiB"`); a larger one refuses it.
+    pub dev_shm_capture_max_size: Option<String>,
     /// Docker-style `config.json` with registry credentials; none: anonymous.
     pub registry_credentials: Option<PathBuf>,
     /// Registries (`host[:port]`, or `host` for every port) reached over plain HTTP.
@@ -156,6 +162,10 @@ pub struct Config {
     pub checkpoint_compression: crate::checkpoint::Compression,
     /// Size cap of the local checkpoint store, in bytes.
     pub store_max_size: Option<u64>,
+    /// Largest `emptyDir` volume captured into a checkpoint, in bytes.
+    pub empty_dir_capture_max_size: u64,
+    /// Largest `/dev/shm` captured into a checkpoint, in bytes.
+    pub dev_shm_capture_max_size: u64,
     /// Docker-style `config.json` with registry credentials.
     pub registry_credentials: Option<PathBuf>,
     /// Registries reached over plain HTTP.
@@ -243,6 +253,16 @@ impl Config {
             None => None,
             Some(text) => Some(parse_size(text).map_err(|reason| invalid("store_max_size", text, reason))?),
         };
+        let empty_dir_capture_max_size = size_setting(
+            "empty_dir_capture_max_size",
+            file.empty_dir_capture_max_size.as_deref(),
+            DEFAULT_POD_DATA_CAPTURE_MAX_SIZE,
+        )?;
+        let dev_shm_capture_max_size = size_setting(
+            "dev_shm_capture_max_size",
+            file.dev_shm_capture_max_size.as_deref(),
+            DEFAULT_POD_DATA_CAPTURE_MAX_SIZE,
+        )?;
         // Below the state dir by default: the wrapper's default when state_dir is the default,
         // and a test's temporary state dir keeps its restore plans too.
         let restore_dir = match file.restore_dir {
@@ -302,6 +322,8 @@ impl Config {
             max_concurrent_checkpoints,
             checkpoint_compression,
             store_max_size,
+            empty_dir_capture_max_size,
+            dev_shm_capture_max_size,
             registry_credentials,
             insecure_registries,
             registry_ca_files,
@@ -328,6 +350,13 @@ fn invalid(key: &'static str, value: impl std::fmt::Display, reason: impl Into<S
 fn absolute_dir(key: &'static str, value: Option<PathBuf>, default: &str) -> Result<PathBuf, ConfigError> {
     let dir = value.unwrap_or_else(|| default.into());
     if dir.is_absolute() { Ok(dir) } else { Err(invalid(key, dir.display(), "must be an absolute path")) }
+}
+
+fn size_setting(key: &'static str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_size(text).map_err(|reason| invalid(key, text, reason)),
+    }
 }
 
 fn duration_setting(key: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -558,6 +587,20 @@ mod tests {
         let err = Config::resolve(parse("store_max_size = \"huge\"", origin()).expect("parses"), Overrides::default())
             .expect_err("invalid");
         assert!(err.to_string().contains("store_max_size"), "{err}");
+    }
+
+    #[test]
+    fn pod_data_caps_default_to_1_gib_and_are_configurable() {
+        let config = Config::resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!((config.empty_dir_capture_max_size, config.dev_shm_capture_max_size), (1 << 30, 1 << 30));
+        let text = "empty_dir_capture_max_size = \"64KiB\"\ndev_shm_capture_max_size = \"2GiB\"";
+        let config = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect("valid");
+        assert_eq!((config.empty_dir_capture_max_size, config.dev_shm_capture_max_size), (64 << 10, 2 << 30));
+        for key in ["empty_dir_capture_max_size", "dev_shm_capture_max_size"] {
+            let file = parse(&format!("{key} = \"lots\""), origin()).expect("parses");
+            let err = Config::resolve(file, Overrides::default()).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

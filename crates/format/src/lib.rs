@@ -9,6 +9,7 @@
 //! - [`rootfs_diff`]: the container's writable-layer diff, taken and applied;
 //! - [`archive`]: safe unpacking of a checkpoint tree, digest checked on the way;
 //! - [`metadata`]: what a checkpoint says about where it came from;
+//! - [`pod_data`]: `/dev/shm` and `emptyDir` volumes captured in the cut and put back before CRIU restores;
 //! - [`criu_log`]: what is quoted of CRIU's logs when a dump or restore fails;
 //! - [`volumes`]: files open on volumes at checkpoint time, and the restore pre-check's comparison;
 //! - [`criu_stats`]: CRIU's `stats-dump` image (frozen time);
@@ -29,6 +30,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod metadata;
 pub mod plan;
+pub mod pod_data;
 pub mod rootfs_diff;
 pub mod timefmt;
 pub mod volumes;

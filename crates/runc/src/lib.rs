@@ -14,14 +14,21 @@
 //!
 //! 1. applies the checkpoint's writable-layer changes (`deleted.files`, `rootfs-diff.tar`) to
 //!    the container's rootfs, already mounted by the shim;
-//! 2. writes a CRIU configuration file holding `tcp-close` if the plan says `tcp_close`, and on
+//! 2. puts the checkpoint's pod data back ([`lazarus_format::pod_data`]): `devshm-checkpoint.tar`
+//!    into the host directory bound at `/dev/shm` (containerd's sandbox shm) and each captured
+//!    `emptyDir` into the host directory of the new container's `emptyDir` mount with the same
+//!    destination, replacing what is there. Where each goes is checked before the rootfs is
+//!    touched: a captured volume the new container does not mount, a `/dev/shm` that is not a
+//!    bind mount, an `emptyDir` left out of the checkpoint that had content while the new one is
+//!    empty — each fails the restore with a message naming the volume;
+//! 3. writes a CRIU configuration file holding `tcp-close` if the plan says `tcp_close`, and on
 //!    cgroup v1 the `ext-mount-map` lines that give the container its own cgroup directories
 //!    ([`cgroups`]: runc restore would bind its own), and points runc at it with the OCI annotation `org.criu.config` in the bundle's `config.json`
 //!    (runc ≥ 1.1 hands that file to CRIU; see `handleCriuConfigurationFile` in runc's
 //!    libcontainer), so established TCP connections come back closed while listening sockets
 //!    listen again;
-//! 3. runs `runc restore --detach …` instead of `runc create` ([`argv::restore_args`]);
-//! 4. records the outcome in `result.json`, and on success the `restored` marker that makes
+//! 4. runs `runc restore --detach …` instead of `runc create` ([`argv::restore_args`]);
+//! 5. records the outcome in `result.json`, and on success the `restored` marker that makes
 //!    the following `start` a no-op: the restored processes are already running.
 //!
 //! A failure is appended to runc's `--log` file as an error entry — containerd's shim reports
@@ -55,6 +62,7 @@ use lazarus_format::annotations::files;
 use lazarus_format::compression::is_compressed_file;
 use lazarus_format::fsutil::{find_executable, write_atomic};
 use lazarus_format::plan::{self, DEFAULT_RESTORE_DIR, Plan, PlanError, RESTORE_DIR_ENV, RestoreResult};
+use lazarus_format::pod_data::{self, Manifest, PodDataError};
 use lazarus_format::rootfs_diff::{self, RootfsDiffError};
 /// Environment variable: the real runc.
 pub const RUNC_ENV: &str = "LAZARUS_RUNC";
@@ -108,6 +116,9 @@ pub enum WrapperError {
         /// The error.
         source: RootfsDiffError,
     },
+    /// The checkpoint's `/dev/shm` or `emptyDir` content cannot be put back.
+    #[error("putting back the checkpoint's pod data: {0}")]
+    PodData(#[from] PodDataError),
     /// `runc restore` failed.
     #[error("runc restore failed ({status}){}", .runc_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     RuncFailed {
@@ -341,7 +352,12 @@ impl Wrapper {
         let config_path = bundle.join("config.json");
         let mut spec = read_spec(&config_path)?;
         let rootfs = rootfs_of(&spec, &bundle, &config_path)?;
+        let manifest = Manifest::read(&plan.checkpoint_dir)?;
+        let pod_data = pod_data::placements(&plan.checkpoint_dir, manifest.as_ref(), &spec)?;
         apply_checkpoint_diff(&plan.checkpoint_dir, &rootfs)?;
+        for placement in &pod_data {
+            pod_data::restore(&placement.archive, &placement.target)?;
+        }
         // The file stays the container's CRIU configuration (runc keeps the
         // annotation in its state): later dumps of the restored container read
         // it too. `tcp-close` is a restore option; the cgroup mappings are

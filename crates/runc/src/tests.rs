@@ -366,3 +366,140 @@ fn finds_the_real_runc_on_path_but_never_itself() {
     assert!(matches!(action, Action::Exit(1)));
     assert!(fs::read_to_string(&log).expect("log").contains("lazarus-runc: no runc to run"));
 }
+
+/// Pod data in the scene: a `/dev/shm` and an `emptyDir` captured into the tree (their old
+/// content), the new container's directories (holding something of their own) and mounts in
+/// `config.json`. Returns (new shm dir, new emptyDir dir).
+fn with_pod_data(scene: &Scene, mounts: &[(&str, &Path, &str)]) -> (PathBuf, PathBuf) {
+    let old_shm = scene.path("old/shm");
+    let old_scratch = scene.path("old/pods/u1/volumes/kubernetes.io~empty-dir/scratch");
+    for (dir, file, text) in [(&old_shm, "PostgreSQL.42", "segment"), (&old_scratch, "log", "1\n2\n3\n")] {
+        fs::create_dir_all(dir).expect("mkdir");
+        fs::write(dir.join(file), text).expect("write");
+    }
+    let tree = scene.path("tree");
+    fs::create_dir_all(tree.join(pod_data::EMPTY_DIRS_DIR)).expect("mkdir");
+    let shm_tar = fs::File::create(tree.join(pod_data::DEV_SHM_TAR)).expect("create");
+    pod_data::capture(&old_shm, shm_tar).expect("capture shm");
+    let scratch_tar = fs::File::create(tree.join("empty-dirs/scratch.tar")).expect("create");
+    pod_data::capture(&old_scratch, scratch_tar).expect("capture scratch");
+    let manifest = Manifest {
+        version: pod_data::VERSION,
+        dev_shm: Some(pod_data::Volume {
+            name: pod_data::DEV_SHM_NAME.into(),
+            destination: "/dev/shm".into(),
+            source: old_shm.display().to_string(),
+            archive: Some(pod_data::DEV_SHM_TAR.into()),
+            files: 1,
+            bytes: 7,
+            not_captured: None,
+        }),
+        empty_dirs: vec![pod_data::Volume {
+            name: "scratch".into(),
+            destination: "/scratch".into(),
+            source: old_scratch.display().to_string(),
+            archive: Some("empty-dirs/scratch.tar".into()),
+            files: 1,
+            bytes: 6,
+            not_captured: None,
+        }],
+    };
+    fs::write(tree.join(pod_data::MANIFEST), serde_json::to_vec(&manifest).expect("json")).expect("write");
+
+    let new_shm = scene.path("new/shm");
+    let new_scratch = scene.path("new/pods/u2/volumes/kubernetes.io~empty-dir/scratch");
+    for dir in [&new_shm, &new_scratch] {
+        fs::create_dir_all(dir).expect("mkdir");
+        fs::write(dir.join("new-pod-file"), "not from the checkpoint").expect("write");
+    }
+    let config_path = scene.path("bundle/config.json");
+    let mut spec: Value = serde_json::from_slice(&fs::read(&config_path).expect("read")).expect("json");
+    spec["mounts"] = mounts
+        .iter()
+        .map(|(destination, source, kind)| {
+            let options: &[&str] = if *kind == "bind" { &["rbind", "rw"] } else { &["rw"] };
+            serde_json::json!({"destination": destination, "type": kind, "source": source, "options": options})
+        })
+        .collect();
+    fs::write(&config_path, serde_json::to_vec(&spec).expect("json")).expect("write");
+    (new_shm, new_scratch)
+}
+
+#[test]
+fn dev_shm_and_empty_dirs_are_put_back_before_runc_restores() {
+    // The fake runc sees what CRIU would: the files there when it runs.
+    let scene = Scene::new("cat /dev/null \"$SHM/PostgreSQL.42\" \"$SCRATCH/log\" > \"$WORK/../seen\" || exit 7");
+    let new_shm = scene.path("new/shm");
+    let new_scratch = scene.path("new/pods/u2/volumes/kubernetes.io~empty-dir/scratch");
+    with_pod_data(&scene, &[("/dev/shm", &new_shm, "bind"), ("/scratch", &new_scratch, "bind")]);
+    let runc = scene.wrapper.runc.clone().expect("runc");
+    let script = fs::read_to_string(&runc).expect("read");
+    let script = script.replacen(
+        "#!/bin/sh\n",
+        &format!("#!/bin/sh\nSHM={}\nSCRATCH={}\n", new_shm.display(), new_scratch.display()),
+        1,
+    );
+    fs::write(&runc, script).expect("write");
+    scene.standard_plan(false);
+    let action = scene.wrapper.handle(&scene.create_args());
+    assert!(matches!(action, Action::Exit(0)), "{action:?}: {:?}", fs::read_to_string(scene.path("log.json")));
+    assert_eq!(fs::read_to_string(scene.plan_dir().join("seen")).expect("seen"), "segment1\n2\n3\n");
+    assert!(!new_shm.join("new-pod-file").exists() && !new_scratch.join("new-pod-file").exists(), "replaced");
+}
+
+#[test]
+fn pod_data_that_cannot_go_back_fails_the_restore_before_anything_changes() {
+    let scene = Scene::new("exit 0");
+    let new_shm = scene.path("new/shm");
+    let hostpath = scene.path("srv/data");
+    fs::create_dir_all(&hostpath).expect("mkdir");
+    for (mounts, expected) in [
+        (vec![("/dev/shm", new_shm.as_path(), "bind")], "mounts nothing at /scratch"),
+        (
+            vec![("/dev/shm", new_shm.as_path(), "bind"), ("/scratch", hostpath.as_path(), "bind")],
+            "srv/data, not the pod's emptyDir",
+        ),
+        (
+            vec![("/dev/shm", Path::new("shm"), "tmpfs"), ("/scratch", hostpath.as_path(), "bind")],
+            "/dev/shm is a tmpfs mount, not a bind mount",
+        ),
+    ] {
+        with_pod_data(&scene, &mounts);
+        let _ = fs::remove_file(scene.path("log.json"));
+        scene.standard_plan(false);
+        let action = scene.wrapper.handle(&scene.create_args());
+        assert!(matches!(action, Action::Exit(1)), "{expected}: {action:?}");
+        let log = fs::read_to_string(scene.path("log.json")).expect("runc log");
+        assert!(log.contains("putting back the checkpoint's pod data") && log.contains(expected), "{expected}: {log}");
+        assert!(scene.runc_args().is_none(), "{expected}: runc must not run");
+        assert!(scene.path("bundle/rootfs/bin/vi").exists(), "{expected}: the rootfs is untouched");
+        assert_eq!(
+            fs::read_to_string(new_shm.join("new-pod-file")).ok().as_deref(),
+            Some("not from the checkpoint"),
+            "{expected}: /dev/shm untouched"
+        );
+    }
+}
+
+#[test]
+fn an_empty_dir_left_out_with_content_is_refused_into_an_empty_one() {
+    let scene = Scene::new("exit 0");
+    let new_shm = scene.path("new/shm");
+    let new_scratch = scene.path("new/pods/u2/volumes/kubernetes.io~empty-dir/scratch");
+    with_pod_data(&scene, &[("/dev/shm", &new_shm, "bind"), ("/scratch", &new_scratch, "bind")]);
+    let tree = scene.path("tree");
+    let mut manifest = Manifest::read(&tree).expect("read").expect("manifest");
+    manifest.empty_dirs[0].archive = None;
+    manifest.empty_dirs[0].not_captured = Some("switched off for the pod by lazarus.dev/capture-empty-dirs".into());
+    fs::write(tree.join(pod_data::MANIFEST), serde_json::to_vec(&manifest).expect("json")).expect("write");
+    fs::remove_file(new_scratch.join("new-pod-file")).expect("rm");
+    scene.standard_plan(false);
+    let action = scene.wrapper.handle(&scene.create_args());
+    assert!(matches!(action, Action::Exit(1)), "{action:?}");
+    let log = fs::read_to_string(scene.path("log.json")).expect("runc log");
+    assert!(
+        log.contains("emptyDir \\\"scratch\\\" at /scratch held 1 files") && log.contains("capture-empty-dirs"),
+        "{log}"
+    );
+    assert!(scene.runc_args().is_none());
+}

@@ -39,6 +39,7 @@ mod commit;
 mod cri_json;
 mod dump;
 mod open_files;
+mod pod_data;
 mod push;
 mod side_files;
 mod target;
@@ -46,6 +47,8 @@ mod target;
 pub use commit::keep_from_annotations;
 use commit::{Commit, Committed};
 use dump::Staging;
+pub use pod_data::PodDataCaptureError;
+use pod_data::PodDataSources;
 pub use push::repository_from_annotations;
 use side_files::{HostFacts, annotations, now_rfc3339, write_metadata_files};
 
@@ -131,6 +134,14 @@ pub enum CheckpointError {
         /// Why.
         source: rootfs_diff::RootfsDiffError,
     },
+    /// Capturing `/dev/shm` or an `emptyDir` volume (a volume over its cap included).
+    #[error("capturing the pod data of container {container_id}: {source}")]
+    PodData {
+        /// The container.
+        container_id: String,
+        /// Why.
+        source: PodDataCaptureError,
+    },
     /// Filesystem work in the staging directory.
     #[error("{action} {path}: {source}")]
     Io {
@@ -194,6 +205,8 @@ impl CheckpointError {
             CheckpointError::Criu { .. } => "criu",
             CheckpointError::Info { .. } => "runtime_info",
             CheckpointError::Rootfs { .. } => "rootfs",
+            CheckpointError::PodData { source: PodDataCaptureError::TooLarge { .. }, .. } => "pod_data_too_large",
+            CheckpointError::PodData { .. } => "pod_data",
             CheckpointError::Io { .. } => "io",
             CheckpointError::Lock(LockError::Busy { .. }) => "busy",
             CheckpointError::Lock(_) => "lock",
@@ -216,6 +229,9 @@ impl From<CheckpointError> for Status {
             CheckpointError::Lock(LockError::Busy { .. }) => tonic::Code::Aborted,
             CheckpointError::Stopping { .. } => tonic::Code::FailedPrecondition,
             CheckpointError::Identity { .. } => tonic::Code::InvalidArgument,
+            CheckpointError::PodData { source: PodDataCaptureError::TooLarge { .. }, .. } => {
+                tonic::Code::FailedPrecondition
+            }
             CheckpointError::Runtime { .. } => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         };
@@ -239,6 +255,10 @@ pub struct CheckpointerConfig {
     pub store_max_size: Option<u64>,
     /// How registries are reached (credentials, insecure registries, CA files).
     pub registry: RegistrySettings,
+    /// Largest `emptyDir` volume captured into a checkpoint, in bytes; a larger one refuses it.
+    pub empty_dir_capture_max_size: u64,
+    /// Largest `/dev/shm` captured into a checkpoint, in bytes; a larger one refuses it.
+    pub dev_shm_capture_max_size: u64,
 }
 
 impl From<&crate::config::Config> for CheckpointerConfig {
@@ -250,6 +270,8 @@ impl From<&crate::config::Config> for CheckpointerConfig {
             compression: config.checkpoint_compression,
             store_max_size: config.store_max_size,
             registry: config.registry_settings(),
+            empty_dir_capture_max_size: config.empty_dir_capture_max_size,
+            dev_shm_capture_max_size: config.dev_shm_capture_max_size,
         }
     }
 }
@@ -437,19 +459,23 @@ impl Checkpointer {
             crate::blocking::run(move || Staging::prepare(&root, &id, &tag)).await?
         };
         let (tree, images, work) = (staging.tree(), staging.images(), staging.work());
+        let pod_data = PodDataSources::of(&target, &self.config);
         // Everything from here on is written into the staging directory; it is
         // removed before the answer (on the blocking pool), whatever the outcome.
         let result = async {
             // The cut: frozen from before the dump until the writable layer is
             // captured. It runs as a task of its own, so a caller that stops
             // waiting (the grace period of a stop) never leaves the container frozen.
+            // A volume already over its cap: refused without freezing the container.
+            self.check_pod_data(&container_id, &pod_data).await?;
             let cut = {
                 let (this, target_id, images, work, tree) =
                     (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
                 let pid = target.pid;
                 let volume_mounts = open_files::volume_mounts(&target.spec);
                 tokio::spawn(async move {
-                    let outcome = this.cut(&target_id, pid, &images, &work, &tree, &volume_mounts).await;
+                    let volumes = dump::Volumes { mounts: &volume_mounts, pod_data: &pod_data };
+                    let outcome = this.cut(&target_id, pid, &images, &work, &tree, volumes).await;
                     drop(thawed);
                     outcome
                 })

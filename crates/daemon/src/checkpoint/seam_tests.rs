@@ -92,6 +92,8 @@ fn bed(pod_annotations: &[(&str, &str)]) -> Bed {
         compression: Compression::Zstd,
         store_max_size: None,
         registry: RegistrySettings::default(),
+        empty_dir_capture_max_size: 1 << 30,
+        dev_shm_capture_max_size: 1 << 30,
     };
     let engine = Checkpointer::new(fake.clone(), store, config);
     Bed { dir, fake, engine }

@@ -1,10 +1,19 @@
-//! The cut: the container paused, dumped by CRIU and its writable layer
-//! captured, then resumed — always resumed; and the staging directory it is
-//! written into.
+//! The cut: the container paused, dumped by CRIU, its writable layer and
+//! pod data (`/dev/shm`, `emptyDir` volumes) captured, then resumed — always
+//! resumed; and the staging directory it is written into.
 
 use super::open_files::VolumeMount;
 use super::*;
 use crate::containerd_api::CheckpointOptions;
+
+/// What the cut reads of the container's volumes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Volumes<'a> {
+    /// The spec's bind-mount volumes, for the open-file records.
+    pub(super) mounts: &'a [VolumeMount],
+    /// `/dev/shm` and the `emptyDir` volumes, captured into the tree.
+    pub(super) pod_data: &'a PodDataSources,
+}
 
 impl Checkpointer {
     /// The cut: pause, dump, writable layer, resume — always resume, and
@@ -16,13 +25,13 @@ impl Checkpointer {
         images: &Path,
         work: &Path,
         tree: &Path,
-        volume_mounts: &[VolumeMount],
+        volumes: Volumes<'_>,
     ) -> Result<Cut, CheckpointError> {
         let markers = self.frozen_markers();
         let frozen_at = Instant::now();
         freeze::freeze(&*self.runtime, &markers, id).await?;
         let dump_started = Instant::now();
-        let captured = self.dump_and_capture(id, pid, images, work, tree, volume_mounts).await;
+        let captured = self.dump_and_capture(id, pid, images, work, tree, volumes).await;
         let dump_time = dump_started.elapsed();
         let thawed = freeze::thaw(&*self.runtime, &markers, id).await;
         let frozen_time = frozen_at.elapsed();
@@ -34,7 +43,8 @@ impl Checkpointer {
         Ok(Cut { dump_time, frozen_time })
     }
 
-    /// CRIU's dump (the container stays frozen after it) and the writable layer.
+    /// CRIU's dump (the container stays frozen after it), the writable layer
+    /// and the pod data.
     async fn dump_and_capture(
         &self,
         id: &str,
@@ -42,7 +52,7 @@ impl Checkpointer {
         images: &Path,
         work: &Path,
         tree: &Path,
-        volume_mounts: &[VolumeMount],
+        volumes: Volumes<'_>,
     ) -> Result<(), CheckpointError> {
         let options = CheckpointOptions {
             exit: false,
@@ -62,10 +72,11 @@ impl Checkpointer {
             });
         }
         self.capture_writable_layer(id, pid, tree).await?;
-
-        // Volumes (issue 11 item 3): the files the processes hold open on
-        // bind-mount volumes, with size and mtime, for the restore pre-check.
-        self.record_open_files(id, pid, volume_mounts, tree).await
+        // The files the processes hold open on bind-mount volumes, with size
+        // and mtime, for the restore pre-check (capture/open_files.rs).
+        self.record_open_files(id, pid, volumes.mounts, tree).await?;
+        // `/dev/shm` and the `emptyDir` volumes, still frozen (capture/pod_data.rs).
+        self.capture_pod_data(id, volumes.pod_data, tree).await
     }
 
     /// The writable layer's changes: `rootfs-diff.tar` and `deleted.files`.
