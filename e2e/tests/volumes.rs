@@ -229,9 +229,8 @@ async fn volumes_that_do_not_match_are_refused_by_name_and_latest_stays_usable()
     bed.cri.remove_pod(&pod_id).await?;
 
     // (d) A writer on another volume, checkpointed while writing; the old pod goes on
-    // appending, then dies. (A new writer, not the one restored above: restoring the checkpoint
-    // of a restored container fails since the wrapper maps cgroup v1 mounts — CRIU `mnt: No
-    // mapping for … mountpoint` — a defect of its own, reported, not this test's subject.)
+    // appending, then dies. (Checkpoints of restored containers restoring again is the
+    // subject of e2e/tests/cgroups.rs and consistency.rs.)
     let volume = bed.volume_dir("grown")?;
     let pod = bed.pod(&[]);
     let pod_id = bed.run_pod(&pod).await?;
