@@ -194,6 +194,64 @@ pub fn install_runc_wrapper() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// One test's lazarus node on the test bed: `lazarus serve` with its own
+/// directory (config, state, run dir, sockets) in front of the test bed's
+/// containerd, the runc wrapper installed, a CRI client through it, and the
+/// test pods earlier runs left swept.
+#[derive(Debug)]
+pub struct Node {
+    /// The test bed.
+    pub bed: Testbed,
+    /// This node's directory (`config.toml`, `state/`, `run/`, `cri.sock`).
+    pub dir: tempfile::TempDir,
+    /// CRI through lazarus, as kubelet.
+    pub cri: Cri,
+    /// The daemon.
+    pub lazarus: LazarusProcess,
+}
+
+impl Node {
+    /// A node whose `config.toml` names the test bed's restore dir, plus `extra_config` (TOML lines).
+    pub async fn up(extra_config: &str) -> Result<Node> {
+        let bed = Testbed::load()?;
+        install_runc_wrapper()?;
+        let dir = tempfile::tempdir()?;
+        let config = format!("restore_dir = {:?}\n{extra_config}", bed.var("LAZARUS_RESTORE_DIR")?);
+        let socket = dir.path().join("cri.sock");
+        let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
+        let mut cri = Cri::connect(&socket)?;
+        cri.sweep_test_pods().await?;
+        Ok(Node { bed, dir, cri, lazarus })
+    }
+}
+
+/// `lazarus ARGS` against the node in `dir` (its `config.toml`, state and
+/// run dirs) and the test bed's containerd; the finished process's output.
+pub fn lazarus_cli(bed: &Testbed, dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(lazarus_bin()?)
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("--upstream")
+        .arg(format!("unix://{}", bed.containerd_socket()?.display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .output()?)
+}
+
+/// `lazarus checkpoint CONTAINER EXTRA…` against the node in `dir`: the
+/// `local:` reference it prints.
+pub fn checkpoint_cli(bed: &Testbed, dir: &Path, container: &str, extra: &[&str]) -> Result<String> {
+    let args: Vec<&str> = ["checkpoint", container].into_iter().chain(extra.iter().copied()).collect();
+    let out = lazarus_cli(bed, dir, &args)?;
+    ensure!(out.status.success(), "lazarus checkpoint {container} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reference = String::from_utf8(out.stdout)?.lines().next().unwrap_or_default().trim().to_owned();
+    ensure!(reference.starts_with("local:"), "lazarus checkpoint printed no local: reference but {reference:?}");
+    Ok(reference)
+}
+
 /// A `lazarus serve` child process.
 #[derive(Debug)]
 pub struct LazarusProcess {

@@ -6,11 +6,10 @@
 //! of the test bed (cgroup v1 hierarchies plus cgroup2 at
 //! `/sys/fs/cgroup/unified`), driven through `lazarus serve` as kubelet does.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -36,14 +35,7 @@ struct Bed {
 
 impl Bed {
     async fn up() -> Result<Bed> {
-        let bed = Testbed::load()?;
-        lazarus_e2e::install_runc_wrapper()?;
-        let dir = tempfile::tempdir()?;
-        let config = format!("restore_dir = {:?}\n", bed.var("LAZARUS_RESTORE_DIR")?);
-        let socket = dir.path().join("cri.sock");
-        let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
-        let mut cri = Cri::connect(&socket)?;
-        cri.sweep_test_pods().await?;
+        let Node { bed, dir, cri, lazarus } = Node::up("").await?;
         let image = bed.workload_image()?.to_owned();
         Ok(Bed { bed, dir, cri, _lazarus: lazarus, image })
     }
@@ -75,18 +67,7 @@ impl Bed {
     }
 
     fn checkpoint(&self, container_id: &str) -> Result<String> {
-        let out = Command::new(lazarus_e2e::lazarus_bin()?)
-            .args(["checkpoint", container_id, "--config"])
-            .arg(self.dir.path().join("config.toml"))
-            .arg("--upstream")
-            .arg(format!("unix://{}", self.bed.containerd_socket()?.display()))
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .output()?;
-        ensure!(out.status.success(), "lazarus checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8(out.stdout)?.lines().next().unwrap_or_default().trim().to_owned())
+        lazarus_e2e::checkpoint_cli(&self.bed, self.dir.path(), container_id, &[])
     }
 
     async fn remove_pod(&mut self, pod_id: &str) -> Result<()> {

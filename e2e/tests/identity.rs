@@ -4,11 +4,10 @@
 //! still binds; a malformed name is refused with its rule. Real containerd +
 //! runc + CRIU of the test bed, driven through `lazarus serve` as kubelet does.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -26,14 +25,7 @@ struct Bed {
 
 impl Bed {
     async fn up() -> Result<Bed> {
-        let bed = Testbed::load()?;
-        lazarus_e2e::install_runc_wrapper()?;
-        let dir = tempfile::tempdir()?;
-        let config = format!("restore_dir = {:?}\n", bed.var("LAZARUS_RESTORE_DIR")?);
-        let socket = dir.path().join("cri.sock");
-        let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
-        let mut cri = Cri::connect(&socket)?;
-        cri.sweep_test_pods().await?;
+        let Node { bed, dir, cri, lazarus } = Node::up("").await?;
         let image = bed.workload_image()?.to_owned();
         Ok(Bed { bed, dir, cri, _lazarus: lazarus, image })
     }
@@ -75,19 +67,7 @@ impl Bed {
 
     /// `lazarus checkpoint ID` against the daemon's store; returns the reference.
     fn checkpoint(&self, container_id: &str) -> Result<String> {
-        let out = Command::new(lazarus_e2e::lazarus_bin()?)
-            .args(["checkpoint", container_id, "--config"])
-            .arg(self.dir.path().join("config.toml"))
-            .arg("--upstream")
-            .arg(format!("unix://{}", self.bed.containerd_socket()?.display()))
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        ensure!(out.status.success(), "lazarus checkpoint failed: {stderr}");
-        Ok(String::from_utf8(out.stdout)?.lines().next().unwrap_or_default().trim().to_owned())
+        lazarus_e2e::checkpoint_cli(&self.bed, self.dir.path(), container_id, &[])
     }
 
     async fn remove_pod(&mut self, pod_id: &str) -> Result<()> {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -41,14 +41,7 @@ struct Bed {
 
 impl Bed {
     async fn up(extra_config: &str) -> Result<Bed> {
-        let bed = Testbed::load()?;
-        lazarus_e2e::install_runc_wrapper()?;
-        let dir = tempfile::tempdir()?;
-        let config = format!("restore_dir = {:?}\n{extra_config}", bed.var("LAZARUS_RESTORE_DIR")?);
-        let socket = dir.path().join("cri.sock");
-        let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
-        let mut cri = Cri::connect(&socket)?;
-        cri.sweep_test_pods().await?;
+        let Node { bed, dir, cri, lazarus } = Node::up(extra_config).await?;
         let image = bed.workload_image()?.to_owned();
         Ok(Bed { bed, dir, cri, _lazarus: lazarus, image })
     }
@@ -114,26 +107,12 @@ impl Bed {
     }
 
     fn lazarus(&self, args: &[&str]) -> Result<std::process::Output> {
-        Ok(Command::new(lazarus_e2e::lazarus_bin()?)
-            .args(args)
-            .arg("--config")
-            .arg(self.dir.path().join("config.toml"))
-            .arg("--upstream")
-            .arg(format!("unix://{}", self.bed.containerd_socket()?.display()))
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .output()?)
+        lazarus_e2e::lazarus_cli(&self.bed, self.dir.path(), args)
     }
 
     /// `lazarus checkpoint`; returns the reference.
     fn checkpoint(&self, container: &str) -> Result<String> {
-        let out = self.lazarus(&["checkpoint", container, "--keep", "2"])?;
-        ensure!(out.status.success(), "lazarus checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
-        let reference = String::from_utf8(out.stdout)?.lines().next().unwrap_or_default().trim().to_owned();
-        ensure!(reference.starts_with("local:"), "unexpected reference {reference:?}");
-        Ok(reference)
+        lazarus_e2e::checkpoint_cli(&self.bed, self.dir.path(), container, &["--keep", "2"])
     }
 
     /// `lazarus checkpoint` that must fail; returns its stderr.

@@ -8,11 +8,10 @@
 //! the host, not from inside the program.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -33,15 +32,7 @@ struct Bed {
 
 impl Bed {
     async fn up() -> Result<Bed> {
-        let bed = Testbed::load()?;
-        lazarus_e2e::install_runc_wrapper()?;
-        let dir = tempfile::tempdir()?;
-        let restore_dir = bed.var("LAZARUS_RESTORE_DIR")?.to_owned();
-        let config = format!("restore_dir = {restore_dir:?}\n");
-        let socket = dir.path().join("cri.sock");
-        let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
-        let mut cri = Cri::connect(&socket)?;
-        cri.sweep_test_pods().await?;
+        let Node { bed, dir, cri, lazarus } = Node::up("").await?;
         let image = bed.workload_image()?.to_owned();
         Ok(Bed { bed, dir, cri, _lazarus: lazarus, image })
     }
@@ -59,21 +50,7 @@ impl Bed {
 
     /// `lazarus checkpoint` into the daemon's store; returns the reference.
     fn checkpoint(&self) -> Result<String> {
-        let out = Command::new(lazarus_e2e::lazarus_bin()?)
-            .args(["checkpoint", &format!("{NAMESPACE}/{POD}/{CONTAINER}")])
-            .arg("--config")
-            .arg(self.dir.path().join("config.toml"))
-            .arg("--upstream")
-            .arg(format!("unix://{}", self.bed.containerd_socket()?.display()))
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .output()?;
-        ensure!(out.status.success(), "lazarus checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
-        let reference = String::from_utf8(out.stdout)?.lines().next().unwrap_or_default().trim().to_owned();
-        ensure!(reference.starts_with("local:"), "unexpected reference {reference:?}");
-        Ok(reference)
+        lazarus_e2e::checkpoint_cli(&self.bed, self.dir.path(), &format!("{NAMESPACE}/{POD}/{CONTAINER}"), &[])
     }
 
     fn pod(&self, annotations: &[(&str, &str)]) -> v1::PodSandboxConfig {

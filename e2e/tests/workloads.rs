@@ -7,11 +7,10 @@
 //! program (ExecSync, the pod's log file, a recomputation in a fresh container).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e-workloads";
@@ -56,14 +55,7 @@ impl Running {
 
 impl Bed {
     async fn up() -> Result<Bed> {
-        let bed = Testbed::load()?;
-        lazarus_e2e::install_runc_wrapper()?;
-        let dir = tempfile::tempdir()?;
-        let config = format!("restore_dir = {:?}\n", bed.var("LAZARUS_RESTORE_DIR")?);
-        let socket = dir.path().join("cri.sock");
-        let lazarus = LazarusProcess::start_with_config(dir.path(), &socket, &bed.containerd_socket()?, Some(&config))?;
-        let mut cri = Cri::connect(&socket)?;
-        cri.sweep_test_pods().await?;
+        let Node { bed, dir, mut cri, lazarus } = Node::up("").await?;
         let image = bed.debian_image()?.to_owned();
         // Imported by testbed.sh, not in the registry: kubelet's IfNotPresent finds it.
         let status = cri
@@ -83,19 +75,7 @@ impl Bed {
         let metadata = running.pod.metadata.clone().unwrap_or_default();
         let key = format!("{}/{}/{}", metadata.namespace, metadata.name, running.name);
         let started = Instant::now();
-        let out = Command::new(lazarus_e2e::lazarus_bin()?)
-            .args(["checkpoint", &key, "--config"])
-            .arg(self.dir.path().join("config.toml"))
-            .arg("--upstream")
-            .arg(format!("unix://{}", self.bed.containerd_socket()?.display()))
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .output()?;
-        ensure!(out.status.success(), "lazarus checkpoint {key} failed: {}", String::from_utf8_lossy(&out.stderr));
-        let reference = String::from_utf8(out.stdout)?.lines().next().unwrap_or_default().trim().to_owned();
-        ensure!(reference.starts_with("local:"), "unexpected reference {reference:?}");
+        let reference = lazarus_e2e::checkpoint_cli(&self.bed, self.dir.path(), &key, &[])?;
         println!("checkpoint of {key} in {:.1}s: {reference}", started.elapsed().as_secs_f64());
         Ok(reference)
     }
