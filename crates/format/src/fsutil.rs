@@ -1,5 +1,5 @@
 //! Small file-system helpers with one copy each: atomic writes, JSON files,
-//! executables on `PATH`.
+//! executables on `PATH`, sizes in messages.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -49,9 +49,28 @@ pub fn find_executable(name: &str, path: &OsStr, accept: impl Fn(&Path) -> bool)
     })
 }
 
+/// `5.0 MiB`, `512 B`: sizes in messages.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_like_sizes() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(5 << 20), "5.0 MiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
 
     #[test]
     fn atomic_writes_replace_and_leave_no_temporary_file() {

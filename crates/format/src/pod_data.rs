@@ -40,6 +40,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::fsutil::human_size;
 use crate::rootfs_diff::{self, RootfsDiffError};
 
 /// The tar of `/dev/shm` in a checkpoint tree (checkpointctl's name).
@@ -620,18 +621,6 @@ fn clear_dir(dir: &Path) -> Result<(), PodDataError> {
         removed.map_err(|source| io_error(format!("removing {}", path.display()), source))?;
     }
     Ok(())
-}
-
-/// `5.0 MiB`, `512 B`: sizes in messages.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn io_error(context: String, source: io::Error) -> PodDataError {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use lazarus_format::annotations as ann;
+use lazarus_format::fsutil::human_size;
 use lazarus_store::Store;
 use lazarus_store::query::{entries, find};
 
@@ -20,7 +21,7 @@ pub fn list(store: &Store, container: Option<&str>) -> Result<(), String> {
             "{:<60} {:<19} {:>10}  {}",
             row.name,
             &row.digest[..row.digest.len().min(19)],
-            human(row.size()),
+            human_size(row.size()),
             row.created
         );
     }
@@ -39,7 +40,7 @@ pub fn inspect(store: &Store, reference: &str) -> Result<(), String> {
     println!("reference:   {}", found.reference());
     println!("created:     {}", found.created);
     for layer in manifest.layers() {
-        println!("layer:       {} {} ({})", layer.digest(), human(layer.size()), layer.media_type());
+        println!("layer:       {} {} ({})", layer.digest(), human_size(layer.size()), layer.media_type());
     }
     let ms = |key: &str, div: f64| {
         annotations.get(key).and_then(|v| v.parse::<f64>().ok()).map(|v| format!("{:.1} ms", v / div))
@@ -64,15 +65,4 @@ pub fn inspect(store: &Store, reference: &str) -> Result<(), String> {
         println!("  {k}: {v}");
     }
     Ok(())
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

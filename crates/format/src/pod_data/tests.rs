@@ -294,13 +294,6 @@ fn a_foreign_tree_with_only_devshm_checkpoint_tar_goes_to_dev_shm() {
 }
 
 #[test]
-fn sizes_read_like_sizes() {
-    assert_eq!(human_size(512), "512 B");
-    assert_eq!(human_size(5 << 20), "5.0 MiB");
-    assert_eq!(human_size(3 << 29), "1.5 GiB");
-}
-
-#[test]
 fn manifests_round_trip_and_other_versions_are_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     assert_eq!(Manifest::read(tmp.path()).expect("none"), None);

@@ -15,7 +15,8 @@
 
 use super::target::Target;
 use super::*;
-use lazarus_format::pod_data::{self as pd, Manifest, PodDataError, Volume, human_size};
+use lazarus_format::fsutil::human_size;
+use lazarus_format::pod_data::{self as pd, Manifest, PodDataError, Volume};
 
 /// Why pod data is not captured, or the checkpoint refused.
 #[derive(Debug, thiserror::Error)]
