@@ -634,9 +634,32 @@ pub fn ip_in_subnet(ip: &str, cidr: &str) -> bool {
     ip & mask == net & mask
 }
 
+/// `numbers` (the records of `what`, in order) must be exactly 1, 2, …, n: no
+/// number twice, none missing. Returns n.
+pub fn check_sequence(what: &str, numbers: &[u64]) -> Result<u64> {
+    for (i, n) in numbers.iter().enumerate() {
+        let want = i as u64 + 1;
+        if *n != want {
+            let from = i.saturating_sub(3);
+            let to = (i + 3).min(numbers.len());
+            bail!("{what}: line {want} is {n} (lines {}..{}: {:?})", from + 1, to, &numbers[from..to]);
+        }
+    }
+    Ok(numbers.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequences_are_checked() {
+        assert_eq!(check_sequence("f", &[1, 2, 3]).ok(), Some(3));
+        assert!(check_sequence("f", &[1, 2, 2, 3]).is_err(), "a duplicate");
+        assert!(check_sequence("f", &[1, 3]).is_err(), "a gap");
+        assert!(check_sequence("f", &[2, 3]).is_err(), "a missing start");
+        assert!(check_sequence("f", &[3, 4]).is_err(), "a missing start: an emptyDir that came back empty");
+    }
 
     #[test]
     fn subnet_membership() {

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
+use anyhow::{Context, Result, ensure};
+use lazarus_e2e::{Cri, LazarusProcess, Testbed, check_sequence, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -213,27 +213,6 @@ impl Bed {
             .map(|l| l.trim().parse::<u64>().with_context(|| format!("{path}: line {l:?} is not a number")))
             .collect()
     }
-}
-
-/// `numbers` must be exactly 1, 2, …, n: no number twice, none missing.
-fn check_sequence(path: &str, numbers: &[u64]) -> Result<u64> {
-    for (i, n) in numbers.iter().enumerate() {
-        let want = i as u64 + 1;
-        if *n != want {
-            let from = i.saturating_sub(3);
-            let to = (i + 3).min(numbers.len());
-            bail!("{path}: line {want} is {n} (lines {}..{}: {:?})", from + 1, to, &numbers[from..to]);
-        }
-    }
-    Ok(numbers.len() as u64)
-}
-
-#[test]
-fn sequences_are_checked() {
-    assert_eq!(check_sequence("f", &[1, 2, 3]).ok(), Some(3));
-    assert!(check_sequence("f", &[1, 2, 2, 3]).is_err(), "a duplicate");
-    assert!(check_sequence("f", &[1, 3]).is_err(), "a gap");
-    assert!(check_sequence("f", &[2, 3]).is_err(), "a missing start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

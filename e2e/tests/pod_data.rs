@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, check_sequence, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -203,27 +203,6 @@ fn numbers(path: &Path) -> Result<Vec<u64>> {
         .lines()
         .map(|l| l.trim().parse::<u64>().with_context(|| format!("{}: line {l:?} is not a number", path.display())))
         .collect()
-}
-
-/// `numbers` must be exactly 1, 2, …, n: no number twice, none missing.
-fn check_sequence(what: &str, numbers: &[u64]) -> Result<u64> {
-    for (i, n) in numbers.iter().enumerate() {
-        let want = i as u64 + 1;
-        if *n != want {
-            let from = i.saturating_sub(3);
-            let to = (i + 3).min(numbers.len());
-            bail!("{what}: line {want} is {n} (lines {}..{}: {:?})", from + 1, to, &numbers[from..to]);
-        }
-    }
-    Ok(numbers.len() as u64)
-}
-
-#[test]
-fn sequences_are_checked() {
-    assert_eq!(check_sequence("f", &[1, 2, 3]).ok(), Some(3));
-    assert!(check_sequence("f", &[1, 2, 2, 3]).is_err(), "a duplicate");
-    assert!(check_sequence("f", &[1, 3]).is_err(), "a gap");
-    assert!(check_sequence("f", &[3, 4]).is_err(), "a missing start: an emptyDir that came back empty");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

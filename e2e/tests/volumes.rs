@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, container_config, pod_config, wait_for};
+use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, check_sequence, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -140,13 +140,6 @@ async fn pause_writer(volume: &Path) -> Result<()> {
     Ok(())
 }
 
-fn consecutive_from_one(records: &[u64]) -> Result<()> {
-    for (index, record) in records.iter().enumerate() {
-        ensure!(*record == index as u64 + 1, "record {index} is {record}: duplicates or gaps in {records:?}");
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_that_do_not_match_are_refused_by_name_and_latest_stays_usable() -> Result<()> {
     let _serial = lazarus_e2e::serial().await;
@@ -165,7 +158,7 @@ async fn volumes_that_do_not_match_are_refused_by_name_and_latest_stays_usable()
     let reference = bed.checkpoint()?;
     println!("checkpoint {reference}: {} records, {size} bytes", at_checkpoint.len());
     bed.cri.remove_pod(&pod_id).await?;
-    consecutive_from_one(&at_checkpoint)?;
+    check_sequence("the volume's log", &at_checkpoint)?;
 
     let latest = [("lazarus.dev/restore-from", "latest"), ("lazarus.dev/restore-policy", "best-effort")];
 
@@ -199,7 +192,7 @@ async fn volumes_that_do_not_match_are_refused_by_name_and_latest_stays_usable()
     bed.create_and_start(&pod_id, &pod, &volume).await?;
     std::fs::write(volume.join("go"), "")?;
     let after = records_at_least(&volume, at_checkpoint.len() + 5).await?;
-    consecutive_from_one(&after)?;
+    check_sequence("the volume's log", &after)?;
     println!("restored: records {} to {}", at_checkpoint.len(), after.len());
     ensure!(bed.remembered()?.is_empty(), "failures remembered: {:?}", bed.remembered()?);
 
