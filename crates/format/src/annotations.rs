@@ -19,6 +19,16 @@ pub const CHECKPOINT_NAME: &str = "lazarus.dev/checkpoint-name";
 /// program tolerates records after its checkpointed position).
 pub const VOLUME_APPENDS_OK: &str = "lazarus.dev/volume-appends-ok";
 
+/// Pod annotation: the containers lazarus checkpoints (comma-separated
+/// container names); absent: all of them. Two or more of them running are
+/// checkpointed as one pod cut (all frozen, then all dumped, then all thawed).
+pub const CHECKPOINT_CONTAINERS: &str = "lazarus.dev/checkpoint-containers";
+
+/// Checkpoint annotation: the containers (comma-separated names, sorted)
+/// checkpointed in the same pod cut as this one, this one included; their
+/// checkpoints share its time tag. Absent on a checkpoint of one container.
+pub const POD_CUT: &str = "lazarus.dev/pod-cut";
+
 /// Checkpoints kept per container when the pod does not say.
 pub const DEFAULT_KEEP: usize = 3;
 

@@ -96,6 +96,11 @@ pub struct Plan {
     /// listening sockets come back either way. Defaults to `true` when absent.
     #[serde(default = "default_tcp_close")]
     pub tcp_close: bool,
+    /// Destinations (`/dev/shm`, an `emptyDir`'s path) whose pod data is not put back: another
+    /// container of the pod, restored from the same pod cut, already put the same instant's
+    /// content there and has run since (writing it again would undo what it wrote).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_pod_data: Vec<String>,
 }
 
 fn default_tcp_close() -> bool {
@@ -192,6 +197,7 @@ mod tests {
                 source: "local:ns/pod/c:20261122T235133.919Z@sha256:5d87".into(),
                 checkpoint_dir: "/var/lib/lazarus/restore/x/tree".into(),
                 tcp_close: false,
+                skip_pod_data: Vec::new(),
             }
         );
         let plan = parse(r#"{"version":1,"source":"s","checkpoint_dir":"/t"}"#).expect("plan");
@@ -229,7 +235,13 @@ mod tests {
 
     #[test]
     fn the_plan_lazarus_writes_is_the_plan_the_wrapper_reads() {
-        let plan = Plan { version: VERSION, source: "s".into(), checkpoint_dir: "/r/x/tree".into(), tcp_close: true };
+        let plan = Plan {
+            version: VERSION,
+            source: "s".into(),
+            checkpoint_dir: "/r/x/tree".into(),
+            tcp_close: true,
+            skip_pod_data: vec!["/dev/shm".into()],
+        };
         let text = serde_json::to_vec(&plan).unwrap_or_default();
         let read = Plan::parse(&text, Path::new("/r/x/plan.json")).expect("the wrapper reads it");
         assert_eq!(read, plan);

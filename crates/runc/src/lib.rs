@@ -353,7 +353,9 @@ impl Wrapper {
         let mut spec = read_spec(&config_path)?;
         let rootfs = rootfs_of(&spec, &bundle, &config_path)?;
         let manifest = Manifest::read(&plan.checkpoint_dir)?;
-        let pod_data = pod_data::placements(&plan.checkpoint_dir, manifest.as_ref(), &spec)?;
+        let mut pod_data = pod_data::placements(&plan.checkpoint_dir, manifest.as_ref(), &spec)?;
+        // Put back already by another container of the pod restored from the same cut.
+        pod_data.retain(|p| !plan.skip_pod_data.contains(&p.volume.destination));
         apply_checkpoint_diff(&plan.checkpoint_dir, &rootfs)?;
         for placement in &pod_data {
             pod_data::restore(&placement.archive, &placement.target)?;

@@ -448,6 +448,24 @@ fn dev_shm_and_empty_dirs_are_put_back_before_runc_restores() {
 }
 
 #[test]
+fn pod_data_another_container_of_the_cut_put_back_is_left_as_it_is() {
+    let scene = Scene::new("exit 0");
+    let new_shm = scene.path("new/shm");
+    let new_scratch = scene.path("new/pods/u2/volumes/kubernetes.io~empty-dir/scratch");
+    with_pod_data(&scene, &[("/dev/shm", &new_shm, "bind"), ("/scratch", &new_scratch, "bind")]);
+    scene.write_plan(&format!(
+        r#"{{"version":1,"source":"s","checkpoint_dir":"{}","tcp_close":false,"skip_pod_data":["/dev/shm"]}}"#,
+        scene.path("tree").display()
+    ));
+    let action = scene.wrapper.handle(&scene.create_args());
+    assert!(matches!(action, Action::Exit(0)), "{action:?}: {:?}", fs::read_to_string(scene.path("log.json")));
+    // The sibling's /dev/shm (it has run since) stays; the emptyDir this container alone mounts is put back.
+    assert!(new_shm.join("new-pod-file").exists(), "skipped: /dev/shm untouched");
+    assert!(!new_shm.join("PostgreSQL.42").exists(), "nothing of the checkpoint's written into it");
+    assert!(!new_scratch.join("new-pod-file").exists() && new_scratch.join("log").exists(), "scratch replaced");
+}
+
+#[test]
 fn pod_data_that_cannot_go_back_fails_the_restore_before_anything_changes() {
     let scene = Scene::new("exit 0");
     let new_shm = scene.path("new/shm");

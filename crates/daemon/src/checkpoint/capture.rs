@@ -46,11 +46,12 @@ mod target;
 
 pub use commit::keep_from_annotations;
 use commit::{Commit, Committed};
-use dump::Staging;
+use dump::{CutPart, Staging};
 pub use pod_data::PodDataCaptureError;
 use pod_data::PodDataSources;
 pub use push::repository_from_annotations;
 use side_files::{HostFacts, annotations, now_rfc3339, write_metadata_files};
+use target::Target;
 
 /// Layer compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -306,6 +307,33 @@ pub struct Checkpoint {
     /// Why the push failed, when a repository was named (or malformed) and
     /// the push did not succeed. The local checkpoint is committed either way.
     pub push_error: Option<String>,
+    /// The checkpoints of the pod's other containers taken in the same cut
+    /// (same tag), when the pod has several checkpointed containers running.
+    pub pod_cut: Vec<Checkpoint>,
+}
+
+/// One container of a cut, prepared before the freeze.
+struct Member {
+    target: Arc<target::Target>,
+    /// The container's name.
+    name: String,
+    /// Its checkpoints' key, `namespace/<identity>/container`.
+    key: String,
+    staging: Staging,
+    pod_data: PodDataSources,
+    volume_mounts: Vec<open_files::VolumeMount>,
+}
+
+/// What the members of one cut share.
+struct CutContext<'a> {
+    /// `namespace/pod`, for logs.
+    pod: &'a str,
+    created: &'a str,
+    tag: &'a str,
+    keep: usize,
+    trigger: Trigger,
+    /// The cut's container names (sorted, comma-separated) when it has several.
+    cut_names: Option<&'a str>,
 }
 
 /// What to do beyond the local checkpoint.
@@ -335,6 +363,8 @@ pub struct Checkpointer {
     registry: Arc<tokio::sync::OnceCell<RegistryClient>>,
     /// Where a container's writable layer is, by its process id.
     upperdir: UpperDir,
+    /// The cuts before a stop, by pod (checkpoint/pod_cut.rs).
+    stop_cuts: super::pod_cut::StopCuts,
 }
 
 /// Finds the overlay upper directory of a container by its process id:
@@ -358,6 +388,7 @@ impl Checkpointer {
             metrics: Metrics::new(),
             registry: Arc::default(),
             upperdir: UpperDir(Arc::new(rootfs_diff::overlay_upperdir)),
+            stop_cuts: super::pod_cut::StopCuts::default(),
         }
     }
 
@@ -390,6 +421,11 @@ impl Checkpointer {
             })
             .await
             .cloned()
+    }
+
+    /// The cuts before a stop, by pod.
+    pub fn stop_cuts(&self) -> &super::pod_cut::StopCuts {
+        &self.stop_cuts
     }
 
     /// The runtime.
@@ -432,155 +468,215 @@ impl Checkpointer {
         let CheckpointRequest { keep, repository: requested_repository, trigger, thawed } = wanted;
         let started = Instant::now();
         let container_id = self.resolve(container).await?;
-        let lock_dir = self.config.run_dir.join("locks");
-        let permit = if trigger == Trigger::Stop {
-            locks::acquire_waiting(&lock_dir, &container_id, self.config.max_concurrent).await?
-        } else {
-            locks::acquire(&lock_dir, &container_id, self.config.max_concurrent).await?
-        };
-        // With the lock held, a marker is one an interrupted run left.
-        freeze::thaw_if_abandoned(&*self.runtime, &self.frozen_markers(), &container_id).await?;
         if trigger != Trigger::Stop && self.stopping_markers().exists(&container_id).await {
             return Err(CheckpointError::Stopping { container_id });
         }
-        let target = self.inspect(&container_id).await?;
-        let metadata = target.pod.metadata.clone().unwrap_or_default();
-        let container_name = target.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let asked = self.inspect(&container_id).await?;
+        // The asked container first, then the pod's other checkpointed running
+        // containers: one cut (checkpoint/pod_cut.rs).
+        let targets = self.cut_targets(asked).await?;
+        let ids: Vec<String> = targets.iter().map(|t| t.id.clone()).collect();
+        let lock_dir = self.config.run_dir.join("locks");
+        let permit = locks::acquire_all(&lock_dir, &ids, self.config.max_concurrent, trigger == Trigger::Stop).await?;
+        for id in &ids {
+            // With the locks held, a marker is one an interrupted run left.
+            freeze::thaw_if_abandoned(&*self.runtime, &self.frozen_markers(), id).await?;
+            if trigger != Trigger::Stop && self.stopping_markers().exists(id).await {
+                return Err(CheckpointError::Stopping { container_id: id.clone() });
+            }
+        }
+        let pod_status = &targets[0].pod;
+        let metadata = pod_status.metadata.clone().unwrap_or_default();
         let pod = format!("{}/{}", metadata.namespace, metadata.name);
-        let identity = lazarus_format::identity::identity(&metadata.name, &target.pod.labels, &target.pod.annotations)
+        let identity = lazarus_format::identity::identity(&metadata.name, &pod_status.labels, &pod_status.annotations)
             .map_err(|source| CheckpointError::Identity { container_id: container_id.clone(), source })?;
-        let key = format!("{}/{}/{container_name}", metadata.namespace, identity.name);
-        let keep = keep.unwrap_or_else(|| keep_from_annotations(&target.pod.annotations));
-        let (created, tag) = now_rfc3339();
-        tracing::info!(pod = %pod, container = %container_name, container_id = %container_id, checkpoint_name = %identity.name, identity_from = identity.source.as_str(), trigger = trigger.as_str(), "checkpoint started");
-
-        let staging = {
-            let (root, id, tag) = (self.config.state_dir.join("staging"), container_id.clone(), tag.clone());
-            crate::blocking::run(move || Staging::prepare(&root, &id, &tag)).await?
+        let keep = keep.unwrap_or_else(|| keep_from_annotations(&pod_status.annotations));
+        let repository = match requested_repository {
+            Some(repository) => Ok(Some(repository)),
+            None => repository_from_annotations(&pod_status.annotations),
         };
-        let (tree, images, work) = (staging.tree(), staging.images(), staging.work());
-        let pod_data = PodDataSources::of(&target, &self.config);
-        // Everything from here on is written into the staging directory; it is
+        let (created, tag) = now_rfc3339();
+        let mut names: Vec<String> = targets.iter().map(Target::container_name).collect();
+        names.sort();
+        let cut_names = (names.len() > 1).then(|| names.join(","));
+        let mut members = Vec::with_capacity(targets.len());
+        for target in targets {
+            let name = target.container_name();
+            let key = format!("{}/{}/{name}", metadata.namespace, identity.name);
+            tracing::info!(pod = %pod, container = %name, container_id = %target.id, checkpoint_name = %identity.name, identity_from = identity.source.as_str(), trigger = trigger.as_str(), pod_cut = cut_names.as_deref(), "checkpoint started");
+            let staging = {
+                let (root, id, tag) = (self.config.state_dir.join("staging"), target.id.clone(), tag.clone());
+                crate::blocking::run(move || Staging::prepare(&root, &id, &tag)).await
+            };
+            let staging = match staging {
+                Ok(staging) => staging,
+                Err(e) => {
+                    for member in members {
+                        let Member { staging, .. } = member;
+                        staging.remove().await;
+                    }
+                    return Err(e);
+                }
+            };
+            let pod_data = PodDataSources::of(&target, &self.config);
+            let volume_mounts = open_files::volume_mounts(&target.spec);
+            members.push(Member { target: Arc::new(target), name, key, staging, pod_data, volume_mounts });
+        }
+        let context =
+            CutContext { pod: &pod, created: &created, tag: &tag, keep, trigger, cut_names: cut_names.as_deref() };
+        // Everything from here on is written into the staging directories; they are
         // removed before the answer (on the blocking pool), whatever the outcome.
         let result = async {
-            // The cut: frozen from before the dump until the writable layer is
-            // captured. It runs as a task of its own, so a caller that stops
-            // waiting (the grace period of a stop) never leaves the container frozen.
-            // A volume already over its cap: refused without freezing the container.
-            self.check_pod_data(&container_id, &pod_data).await?;
+            // A volume already over its cap: refused without freezing anything.
+            for member in &members {
+                self.check_pod_data(&member.target.id, &member.pod_data).await?;
+            }
+            // The cut: every container frozen from before the first dump until the
+            // last one's files are captured. It runs as a task of its own, so a caller
+            // that stops waiting (the grace period of a stop) never leaves one frozen.
+            let parts: Vec<CutPart> = members
+                .iter()
+                .map(|m| CutPart {
+                    id: m.target.id.clone(),
+                    pid: m.target.pid,
+                    images: m.staging.images(),
+                    work: m.staging.work(),
+                    tree: m.staging.tree(),
+                    volume_mounts: m.volume_mounts.clone(),
+                    pod_data: m.pod_data.clone(),
+                })
+                .collect();
             let cut = {
-                let (this, target_id, images, work, tree) =
-                    (self.clone(), container_id.clone(), images.clone(), work.clone(), tree.clone());
-                let pid = target.pid;
-                let volume_mounts = open_files::volume_mounts(&target.spec);
+                let this = self.clone();
                 tokio::spawn(async move {
-                    let volumes = dump::Volumes { mounts: &volume_mounts, pod_data: &pod_data };
-                    let outcome = this.cut(&target_id, pid, &images, &work, &tree, volumes).await;
+                    let outcome = this.cut(&parts).await;
                     drop(thawed);
                     outcome
                 })
             };
             let cut = cut.await.map_err(|e| CheckpointError::Io {
                 action: "checkpointing",
-                path: staging.path.clone(),
+                path: members[0].staging.path.clone(),
                 source: std::io::Error::other(e.to_string()),
             })??;
-            let (dump_time, frozen_time) = (cut.dump_time, cut.frozen_time);
-            // Everything else happens while the container runs, in one trip to the
-            // blocking pool: CRIU's statistics (next to its log, in the work
-            // directory), the host facts and the side files.
-            let target = Arc::new(target);
-            let (stats, host, side) = {
-                let (target, tree, work, created) = (target.clone(), tree.clone(), work.clone(), created.clone());
-                #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
-                crate::blocking::run(move || {
-                    let stats = std::fs::read(work.join(files::STATS_DUMP))
-                        .ok()
-                        .and_then(|b| lazarus_format::criu_stats::parse(&b));
-                    let host = HostFacts::read();
-                    let written = write_metadata_files(&target, &host, &tree, &work, &created);
-                    (stats, host, written)
-                })
-                .await
-            };
-            let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
-            tracing::info!(
-                pod = %pod,
-                container = %container_name,
-                container_id = %container_id,
-                dump_ms = dump_time.as_millis() as u64,
-                frozen_ms = frozen_time.as_millis() as u64,
-                criu_frozen_ms = criu_frozen_time.map(|d| d.as_millis() as u64),
-                "memory and writable layer captured; container running again"
-            );
-            side?;
-            let mut annotations = annotations(&target, &host, &container_name, stats.as_ref(), dump_time);
-            annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());
-            annotations.insert(ann::LAZARUS_TRIGGER.to_owned(), trigger.as_str().to_owned());
-            let committed = self
-                .package_and_commit(
-                    &tree,
-                    &staging.path,
-                    annotations,
-                    Commit { container_id: &container_id, key: &key, tag: &tag, created: &created, keep },
-                )
-                .await?;
-            let Committed { digest, layer_size, pruned } = committed;
-            let mut checkpoint = Checkpoint {
-                reference: format!("local:{key}:{tag}@{digest}"),
-                digest,
-                key,
-                tag,
-                size: layer_size,
-                dump_time,
-                frozen_time,
-                criu_frozen_time,
-                total_time: started.elapsed(),
-                pruned,
-                pushed: None,
-                push_error: None,
-            };
-            tracing::info!(
-                pod = %pod,
-                container = %container_name,
-                container_id = %container_id,
-                reference = %checkpoint.reference,
-                size = checkpoint.size,
-                total_ms = checkpoint.total_time.as_millis() as u64,
-                pruned,
-                "checkpoint committed"
-            );
-
-            // The registry: never fails or undoes the local checkpoint.
-            let repository = match requested_repository {
-                Some(repository) => Some(repository),
-                None => match repository_from_annotations(&target.pod.annotations) {
-                    Ok(repository) => repository,
-                    Err(reason) => {
-                        self.metrics.annotation_rejected(ann::CHECKPOINT_REPOSITORY);
+            let mut committed = Vec::with_capacity(members.len());
+            for (member, dump_time) in members.iter().zip(&cut.dump_times) {
+                let checkpoint = self.commit_member(member, &context, *dump_time, cut.frozen_time, started).await?;
+                committed.push(checkpoint);
+            }
+            // The registry: never fails or undoes the local checkpoints.
+            let repository = match &repository {
+                Ok(repository) => repository.clone(),
+                Err(reason) => {
+                    self.metrics.annotation_rejected(ann::CHECKPOINT_REPOSITORY);
+                    for checkpoint in &mut committed {
                         self.metrics.checkpoint_pushed(false);
-                        tracing::warn!(
-                            pod = %pod,
-                            container = %container_name,
-                            container_id = %container_id,
-                            "{reason}; the local checkpoint is kept, nothing is pushed"
-                        );
-                        checkpoint.push_error = Some(reason);
-                        None
+                        tracing::warn!(pod = %pod, reference = %checkpoint.reference, "{reason}; the local checkpoint is kept, nothing is pushed");
+                        checkpoint.push_error = Some(reason.clone());
                     }
-                },
+                    None
+                }
             };
             if let Some(repository) = repository {
                 // Pushing is network I/O: give the node-wide slot to the next dump,
-                // keep this container's lock (one checkpoint or push at a time).
-                let _container_lock = permit.release_slot();
-                self.push(&mut checkpoint, &container_id, &container_name, &repository, keep).await;
+                // keep the containers' locks (one checkpoint or push at a time).
+                let _container_locks = permit.release_slot();
+                for (checkpoint, member) in committed.iter_mut().zip(&members) {
+                    self.push(checkpoint, &member.target.id, &member.name, &repository, keep).await;
+                }
             }
-            Ok::<Checkpoint, CheckpointError>(checkpoint)
+            let mut committed = committed.into_iter();
+            let Some(mut asked) = committed.next() else {
+                return Err(CheckpointError::NotFound { container: container_id.clone() });
+            };
+            for sibling in committed {
+                self.metrics.checkpoint_succeeded(trigger, &sibling.key, sibling.total_time, Some(sibling.frozen_time), sibling.size);
+                asked.pod_cut.push(sibling);
+            }
+            Ok::<Checkpoint, CheckpointError>(asked)
         }
         .await;
-        staging.remove().await;
+        for member in members {
+            let Member { staging, .. } = member;
+            staging.remove().await;
+        }
         result
+    }
+
+    /// After the cut, while the containers run: one member's side files,
+    /// package and commit.
+    async fn commit_member(
+        &self,
+        member: &Member,
+        context: &CutContext<'_>,
+        dump_time: Duration,
+        frozen_time: Duration,
+        started: Instant,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let Member { target, name, key, staging, .. } = member;
+        let (tree, work, container_id) = (staging.tree(), staging.work(), target.id.as_str());
+        // One trip to the blocking pool: CRIU's statistics (next to its log, in
+        // the work directory), the host facts and the side files.
+        let (stats, host, side) = {
+            let (target, tree, work, created) =
+                (target.clone(), tree.clone(), work.clone(), context.created.to_owned());
+            #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool")]
+            crate::blocking::run(move || {
+                let stats = std::fs::read(work.join(files::STATS_DUMP))
+                    .ok()
+                    .and_then(|b| lazarus_format::criu_stats::parse(&b));
+                let host = HostFacts::read();
+                let written = write_metadata_files(&target, &host, &tree, &work, &created);
+                (stats, host, written)
+            })
+            .await
+        };
+        let criu_frozen_time = stats.as_ref().map(|s| Duration::from_micros(u64::from(s.frozen_time)));
+        tracing::info!(
+            pod = %context.pod,
+            container = %name,
+            container_id = %container_id,
+            dump_ms = dump_time.as_millis() as u64,
+            frozen_ms = frozen_time.as_millis() as u64,
+            criu_frozen_ms = criu_frozen_time.map(|d| d.as_millis() as u64),
+            "memory and writable layer captured; container running again"
+        );
+        side?;
+        let mut annotations = annotations(target, &host, name, stats.as_ref(), dump_time);
+        annotations.insert(ann::LAZARUS_FROZEN_TIME_MS.to_owned(), frozen_time.as_millis().to_string());
+        annotations.insert(ann::LAZARUS_TRIGGER.to_owned(), context.trigger.as_str().to_owned());
+        if let Some(names) = context.cut_names {
+            annotations.insert(ann::POD_CUT.to_owned(), names.to_owned());
+        }
+        let commit = Commit { container_id, key, tag: context.tag, created: context.created, keep: context.keep };
+        let Committed { digest, layer_size, pruned } =
+            self.package_and_commit(&tree, &staging.path, annotations, commit).await?;
+        let checkpoint = Checkpoint {
+            reference: format!("local:{key}:{}@{digest}", context.tag),
+            digest,
+            key: key.clone(),
+            tag: context.tag.to_owned(),
+            size: layer_size,
+            dump_time,
+            frozen_time,
+            criu_frozen_time,
+            total_time: started.elapsed(),
+            pruned,
+            pushed: None,
+            push_error: None,
+            pod_cut: Vec::new(),
+        };
+        tracing::info!(
+            pod = %context.pod,
+            container = %name,
+            container_id = %container_id,
+            reference = %checkpoint.reference,
+            size = checkpoint.size,
+            total_ms = checkpoint.total_time.as_millis() as u64,
+            pruned,
+            "checkpoint committed"
+        );
+        Ok(checkpoint)
     }
 
     /// Markers of containers a checkpoint holds frozen.

@@ -37,24 +37,25 @@ pub enum LockError {
     },
 }
 
-/// Held for the whole checkpoint; released on drop.
+/// Held for the whole checkpoint (of one container, or of every container
+/// of a pod cut); released on drop.
 #[derive(Debug)]
 pub struct CheckpointPermit {
-    _container: Flock<File>,
+    _containers: Vec<Flock<File>>,
     _slot: Flock<File>,
 }
 
-/// The container's lock alone: held while a committed checkpoint is pushed
+/// The containers' locks alone: held while a committed checkpoint is pushed
 /// to a registry, which does not take one of the node-wide slots.
 #[derive(Debug)]
 pub struct ContainerLock {
-    _container: Flock<File>,
+    _containers: Vec<Flock<File>>,
 }
 
 impl CheckpointPermit {
-    /// Gives the node-wide slot back and keeps the container's lock.
+    /// Gives the node-wide slot back and keeps the containers' locks.
     pub fn release_slot(self) -> ContainerLock {
-        ContainerLock { _container: self._container }
+        ContainerLock { _containers: self._containers }
     }
 }
 
@@ -74,27 +75,43 @@ pub fn try_container(dir: &Path, container_id: &str) -> Result<ContainerLock, Lo
     std::fs::create_dir_all(dir).map_err(|source| LockError::Open { path: dir.to_owned(), source })?;
     let container_path = dir.join(format!("container-{container_id}.lock"));
     match Flock::lock(open(&container_path)?, FlockArg::LockExclusiveNonblock) {
-        Ok(container) => Ok(ContainerLock { _container: container }),
+        Ok(container) => Ok(ContainerLock { _containers: vec![container] }),
         Err((_, Errno::EWOULDBLOCK)) => Err(LockError::Busy { container_id: container_id.to_owned() }),
         Err((_, errno)) => Err(LockError::Flock { path: container_path, errno }),
     }
 }
 
-/// Takes the container's lock (failing at once if it is held) and then one of
-/// `slots` node-wide slots (waiting until one is free).
-pub async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
-    let container = try_container(dir, container_id)?;
-    with_slot(dir, container, container_id, slots).await
+/// The locks of every container of a cut (one container, or several of a
+/// pod), taken in the order of their ids (two cuts over the same containers
+/// never wait for each other in a circle), then one of `slots` node-wide
+/// slots, waiting until one is free: a cut is one checkpoint for the node's
+/// limit. `wait`: wait while another checkpoint of a container runs (the
+/// checkpoint before a stop must not be skipped because a periodic one is
+/// still going; the caller bounds the wait), else fail at once with the first
+/// busy one.
+pub async fn acquire_all(
+    dir: &Path,
+    container_ids: &[String],
+    slots: usize,
+    wait: bool,
+) -> Result<CheckpointPermit, LockError> {
+    let mut sorted: Vec<&String> = container_ids.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut held = Vec::with_capacity(sorted.len());
+    for id in &sorted {
+        let lock = if wait { lock_waiting(dir, id).await? } else { try_container(dir, id)? };
+        held.extend(lock._containers);
+    }
+    let first = sorted.first().map_or("", |id| id.as_str());
+    with_slot(dir, ContainerLock { _containers: held }, first, slots).await
 }
 
-/// Like [`acquire`], but waits while another checkpoint of the container
-/// runs (the checkpoint before a stop must not be skipped because a periodic
-/// one is still going). The caller bounds the wait.
-pub async fn acquire_waiting(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+async fn lock_waiting(dir: &Path, container_id: &str) -> Result<ContainerLock, LockError> {
     let mut waited = false;
-    let container = loop {
+    loop {
         match try_container(dir, container_id) {
-            Ok(lock) => break lock,
+            Ok(lock) => return Ok(lock),
             Err(LockError::Busy { .. }) => {
                 if !waited {
                     tracing::info!(container_id, "waiting for the container's running checkpoint to finish");
@@ -104,8 +121,7 @@ pub async fn acquire_waiting(dir: &Path, container_id: &str, slots: usize) -> Re
             }
             Err(e) => return Err(e),
         }
-    };
-    with_slot(dir, container, container_id, slots).await
+    }
 }
 
 async fn with_slot(
@@ -119,7 +135,7 @@ async fn with_slot(
         for n in 0..slots.max(1) {
             let path = dir.join(format!("slot-{n}.lock"));
             match Flock::lock(open(&path)?, FlockArg::LockExclusiveNonblock) {
-                Ok(slot) => return Ok(CheckpointPermit { _container: container._container, _slot: slot }),
+                Ok(slot) => return Ok(CheckpointPermit { _containers: container._containers, _slot: slot }),
                 Err((_, Errno::EWOULDBLOCK)) => {}
                 Err((_, errno)) => return Err(LockError::Flock { path, errno }),
             }
@@ -135,6 +151,14 @@ async fn with_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn acquire(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+        acquire_all(dir, &[container_id.to_owned()], slots, false).await
+    }
+
+    async fn acquire_waiting(dir: &Path, container_id: &str, slots: usize) -> Result<CheckpointPermit, LockError> {
+        acquire_all(dir, &[container_id.to_owned()], slots, true).await
+    }
 
     // Paused clocks: the waiters' retry sleeps pass at once and deterministically
     // (flock is synchronous), so "still waiting after 10 s of retries" is checked
@@ -201,6 +225,31 @@ mod tests {
         assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })), "the waiter holds it");
         drop(permit);
         try_container(dir.path(), "a").expect("free again");
+    }
+
+    #[tokio::test]
+    async fn a_pod_cut_holds_every_container_and_one_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids = ["b".to_owned(), "a".to_owned()];
+        let cut = acquire_all(dir.path(), &ids, 2, false).await.expect("cut");
+        for id in ["a", "b"] {
+            assert!(matches!(try_container(dir.path(), id), Err(LockError::Busy { .. })), "{id} is held");
+        }
+        // One slot of two is taken: a single checkpoint of another container still gets one.
+        let other = tokio::time::timeout(Duration::from_secs(5), acquire(dir.path(), "c", 2))
+            .await
+            .expect("a slot is free")
+            .expect("permit");
+        drop(other);
+        // A second cut over one of them fails at once, holding nothing.
+        let err = acquire_all(dir.path(), &["c".to_owned(), "b".to_owned()], 2, false).await.expect_err("b is busy");
+        assert!(matches!(err, LockError::Busy { ref container_id } if container_id == "b"), "{err}");
+        try_container(dir.path(), "c").expect("c was let go again");
+        let pushing = cut.release_slot();
+        assert!(matches!(try_container(dir.path(), "a"), Err(LockError::Busy { .. })), "still held while pushing");
+        drop(pushing);
+        try_container(dir.path(), "a").expect("free");
+        try_container(dir.path(), "b").expect("free");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod image;
 pub mod locks;
 pub mod markers;
 pub mod on_stop;
+pub mod pod_cut;
 pub mod schedule;
 #[cfg(test)]
 mod seam_tests;

@@ -135,11 +135,27 @@ impl Scheduler {
             let identity = lazarus_format::identity::identity(&metadata.name, &pod.labels, &pod.annotations)
                 .map(|identity| format!("{}/{}", metadata.namespace, identity.name))
                 .ok();
-            for container in containers {
-                seen.insert(container.id.clone());
-                let name = container.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            // The containers the pod checkpoints; several of them are one cut,
+            // scheduled as one: by the first of them by name, from the newest
+            // start among them (checkpoint/pod_cut.rs).
+            if let Err(reason) = super::pod_cut::selection(&pod.annotations) {
+                let value = pod.annotations.get(ann::CHECKPOINT_CONTAINERS).cloned().unwrap_or_default();
+                if self.warned.lock().unwrap_or_else(PoisonError::into_inner).insert((pod.id.clone(), value)) {
+                    self.engine.metrics().annotation_rejected(ann::CHECKPOINT_CONTAINERS);
+                    tracing::warn!(pod = %namespace_pod, "{reason}; every container of the pod is checkpointed");
+                }
+            }
+            let mut selected: Vec<(String, v1::Container)> = containers
+                .into_iter()
+                .map(|c| (c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(), c))
+                .filter(|(name, _)| super::pod_cut::is_selected(&pod.annotations, name))
+                .collect();
+            selected.sort_by(|a, b| a.0.cmp(&b.0));
+            let newest_start = selected.iter().map(|(_, c)| c.created_at).max().unwrap_or(0);
+            seen.extend(selected.iter().map(|(_, c)| c.id.clone()));
+            if let Some((name, first)) = selected.first() {
                 let key = identity.as_ref().map(|identity| format!("{identity}/{name}"));
-                self.consider(&container.id, &namespace_pod, key, &name, container.created_at, interval);
+                self.consider(&first.id, &namespace_pod, key, name, newest_start, interval);
             }
         }
         // Forget containers that are gone, and their stopping markers.

@@ -111,7 +111,9 @@ fn failing_dump_leaves_its_log(bed: &Bed) {
     });
 }
 
-const INSPECTED: [&str; 4] = ["ListContainers c1", "ContainerStatus c1", "PodSandboxStatus sb1", "Version"];
+/// Resolved, inspected, and the pod's other containers listed (none: a cut of one).
+const INSPECTED: [&str; 5] =
+    ["ListContainers c1", "ContainerStatus c1", "PodSandboxStatus sb1", "Version", "ListContainers"];
 
 fn calls_after_inspect(bed: &Bed) -> Vec<String> {
     let calls = bed.fake.calls();
@@ -208,10 +210,11 @@ async fn a_container_left_frozen_is_thawed_by_its_next_checkpoint_first() {
         calls,
         [
             "ListContainers c1",
-            "ResumeTask c1", // the abandoned freeze, before anything else
             "ContainerStatus c1",
             "PodSandboxStatus sb1",
             "Version",
+            "ListContainers",
+            "ResumeTask c1", // the abandoned freeze, once its lock is held, before the new cut
             "PauseTask c1",
             "CheckpointTask c1",
             "ResumeTask c1",
@@ -379,4 +382,174 @@ async fn a_malformed_repository_keeps_the_local_checkpoint_and_pushes_nothing() 
     let error = checkpoint.push_error.expect("the push is refused");
     assert!(error.starts_with("lazarus.dev/checkpoint-repository=\"team/job\" rejected: "), "{error}");
     assert_eq!(engine.store().list().expect("list").len(), 1);
+}
+
+fn listed(id: &str, name: &str) -> v1::Container {
+    v1::Container {
+        id: id.into(),
+        pod_sandbox_id: "sb1".into(),
+        metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
+        ..Default::default()
+    }
+}
+
+fn running(id: &str, name: &str) -> v1::ContainerStatusResponse {
+    let info = serde_json::json!({"pid": NO_SUCH_PID, "sandboxID": "sb1", "runtimeSpec": {}}).to_string();
+    v1::ContainerStatusResponse {
+        status: Some(v1::ContainerStatus {
+            id: id.into(),
+            state: v1::ContainerState::ContainerRunning as i32,
+            metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image_id: format!("sha256:{}", "a".repeat(64)),
+            ..Default::default()
+        }),
+        info: [("info".to_owned(), info)].into(),
+    }
+}
+
+/// The pod `ns/p` runs `app` (c1), `db` (c2) and a `log` sidecar (c3) that
+/// `lazarus.dev/checkpoint-containers` leaves out; one checkpoint of `app`.
+async fn cut_of_app_and_db(bed: &Bed, engine: &Checkpointer) -> Result<super::capture::Checkpoint, CheckpointError> {
+    bed.fake.script(|s| {
+        s.list_containers.then(Ok(vec![listed("c1", "app")])).then(Ok(vec![
+            listed("c1", "app"),
+            listed("c3", "log"),
+            listed("c2", "db"),
+        ]));
+        s.container_status.then(Ok(running("c1", "app"))).then(Ok(running("c2", "db")));
+    });
+    engine.checkpoint("c1", None).await
+}
+
+fn restore_request(container: &str) -> v1::CreateContainerRequest {
+    v1::CreateContainerRequest {
+        pod_sandbox_id: "sb-new".into(),
+        config: Some(v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata { name: container.into(), attempt: 0 }),
+            image: Some(v1::ImageSpec { image: "docker.io/library/app:1".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        sandbox_config: Some(v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata { name: "p".into(), namespace: "ns".into(), ..Default::default() }),
+            annotations: [
+                ("lazarus.dev/restore-from".to_owned(), "latest".to_owned()),
+                ("lazarus.dev/restore-policy".to_owned(), "required".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_pod_cut_freezes_every_container_before_the_first_dump_and_they_restore_from_the_same_cut() {
+    let bed = bed(&[(ann::CHECKPOINT_CONTAINERS, "app,db")]);
+    dump_leaves_images(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(&upper).expect("upper");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+
+    let first = cut_of_app_and_db(&bed, &engine).await.expect("the first cut");
+    let [db] = first.pod_cut.as_slice() else { panic!("one sibling: {:?}", first.pod_cut) };
+    assert_eq!((first.key.as_str(), db.key.as_str()), ("ns/p/app", "ns/p/db"));
+    assert_eq!(first.tag, db.tag, "one cut, one time tag");
+    let tasks: Vec<String> = bed.fake.calls().into_iter().filter(|c| c.contains("Task ")).collect();
+    assert_eq!(
+        tasks,
+        ["PauseTask c1", "PauseTask c2", "CheckpointTask c1", "CheckpointTask c2", "ResumeTask c1", "ResumeTask c2"],
+        "all frozen, then all dumped, then all thawed"
+    );
+    assert!(!bed.fake.calls().iter().any(|c| c.ends_with(" c3")), "the sidecar is left alone");
+    assert!(!bed.frozen().exists("c1").await && !bed.frozen().exists("c2").await);
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = cut_of_app_and_db(&bed, &engine).await.expect("the second cut");
+    assert_ne!(second.tag, first.tag);
+    // app's newest checkpoint goes: app comes back from the first cut, and so must db,
+    // although db's newest is of the second.
+    engine.store().remove(std::slice::from_ref(&second.digest)).expect("remove");
+
+    let runtime = FakeRuntime::new();
+    runtime.script(|s| {
+        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+            status: Some(v1::PodSandboxStatus { runtime_handler: "lazarus".into(), ..Default::default() }),
+            ..Default::default()
+        }));
+        s.image_status.always(Ok(v1::ImageStatusResponse {
+            image: Some(v1::Image { id: format!("sha256:{}", "a".repeat(64)), ..Default::default() }),
+            ..Default::default()
+        }));
+    });
+    let config = crate::restore::RestorerConfig {
+        restore_dir: bed.dir.path().join("restore"),
+        runtime_handler: "lazarus".into(),
+        allowed_registries: Vec::new(),
+        allowed_dirs: Vec::new(),
+        cross_namespace_sources: Vec::new(),
+        failures_file: bed.dir.path().join("restore-failures.json"),
+        failure_expiry: Duration::from_secs(3600),
+    };
+    let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
+    let restorer = crate::restore::Restorer::new(runtime, engine.store().clone(), config, registry).expect("restorer");
+    let app = match restorer.prepare(&restore_request("app"), None).await {
+        Ok(Some(staged)) => staged,
+        other => panic!("app not staged: {other:?}"),
+    };
+    assert_eq!(app.source(), first.reference);
+    let plan = restorer.commit(app, "n1").await.expect("plan");
+    // What the wrapper writes when runc restore succeeded.
+    let result = serde_json::json!({"ok": true, "error": "", "restore_log": [], "finished": "2026-12-04T00:00:00Z"});
+    std::fs::write(plan.join("result.json"), result.to_string()).expect("result.json");
+    restorer.started("n1", None);
+    let db_staged = match restorer.prepare(&restore_request("db"), None).await {
+        Ok(Some(staged)) => staged,
+        other => panic!("db not staged: {other:?}"),
+    };
+    assert_eq!(db_staged.source(), db.reference, "db from app's cut, not from its own newest");
+    let plan_db = restorer.commit(db_staged, "n2").await.expect("plan");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan_db.join("plan.json")).expect("plan.json")).expect("json");
+    assert_eq!(written["skip_pod_data"], serde_json::json!(["/dev/shm"]), "app put the pod's /dev/shm back already");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan.join("plan.json")).expect("plan.json")).expect("json");
+    assert!(written.get("skip_pod_data").is_none(), "the first puts back everything");
+}
+
+#[tokio::test]
+async fn a_failed_dump_of_one_container_fails_the_whole_cut_and_thaws_every_container() {
+    let bed = bed(&[]);
+    failing_dump_leaves_its_log(&bed);
+    bed.fake.script(|s| {
+        s.checkpoint_task = super::super::runtime::fake::Scripted::default();
+        s.checkpoint_task.then(Ok(())).then(Err(Status::unknown("criu failed"))).always(Ok(()));
+    });
+    bed.fake.script(|s| {
+        // Without the annotation the sidecar is in the cut too (after app, db by name).
+        s.container_status.then(Ok(running("c1", "app"))).then(Ok(running("c2", "db"))).then(Ok(running("c3", "log")));
+        s.list_containers.then(Ok(vec![listed("c1", "app")])).then(Ok(vec![
+            listed("c1", "app"),
+            listed("c3", "log"),
+            listed("c2", "db"),
+        ]));
+    });
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(&upper).expect("upper");
+    let err = bed.engine.clone().with_upperdir(&upper).checkpoint("c1", None).await.expect_err("db's dump fails");
+    assert!(matches!(err, CheckpointError::Criu { ref container_id, .. } if container_id == "c2"), "{err}");
+    let tasks: Vec<String> = bed.fake.calls().into_iter().filter(|c| c.contains("Task ")).collect();
+    assert_eq!(
+        tasks,
+        [
+            "PauseTask c1",
+            "PauseTask c2",
+            "PauseTask c3",
+            "CheckpointTask c1",
+            "CheckpointTask c2",
+            "ResumeTask c1",
+            "ResumeTask c2",
+            "ResumeTask c3"
+        ],
+        "no annotation: every container is in the cut; the failure stops the dumps, every one is thawed"
+    );
+    assert!(bed.engine.store().list().expect("list").is_empty(), "nothing of the cut committed");
 }

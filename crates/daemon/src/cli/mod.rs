@@ -28,7 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the CRI on a unix socket in front of the runtime (the node daemon).
     Serve(ServeArgs),
-    /// Checkpoint a running container now; prints the new checkpoint's reference (and the registry's, when pushed).
+    /// Checkpoint a running container now; prints the new checkpoint's reference (and the registry's, when pushed),
+    /// then those of the pod's other checkpointed containers taken in the same cut.
     Checkpoint(CheckpointArgs),
     /// Look at the checkpoints in the node-local store.
     #[command(subcommand)]
@@ -270,13 +271,18 @@ async fn checkpoint(config: &Config, args: &CheckpointArgs) -> Result<(), String
     let request =
         CheckpointRequest { keep: args.keep, repository, trigger: crate::metrics::Trigger::Manual, thawed: None };
     let checkpoint = engine.checkpoint_with(&args.container, request).await.map_err(|e| e.to_string())?;
-    println!("{}", checkpoint.reference);
-    if let Some(pushed) = &checkpoint.pushed {
-        println!("{pushed}");
+    // The asked container's first, then those of the pod's other containers
+    // taken in the same cut (same tag).
+    let mut push_errors = Vec::new();
+    for taken in std::iter::once(&checkpoint).chain(&checkpoint.pod_cut) {
+        println!("{}", taken.reference);
+        if let Some(pushed) = &taken.pushed {
+            println!("{pushed}");
+        }
+        if let Some(error) = &taken.push_error {
+            // The local checkpoint stays; the exit status tells the push failed.
+            push_errors.push(format!("{error} (the local checkpoint {} is kept)", taken.reference));
+        }
     }
-    match checkpoint.push_error {
-        // The local checkpoint stays; the exit status tells the push failed.
-        Some(error) => Err(format!("{error} (the local checkpoint {} is kept)", checkpoint.reference)),
-        None => Ok(()),
-    }
+    if push_errors.is_empty() { Ok(()) } else { Err(push_errors.join("\n")) }
 }

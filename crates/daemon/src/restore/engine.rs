@@ -24,6 +24,7 @@ use lazarus_store::Store;
 
 /// Settings of the restore engine.
 mod candidates;
+mod cuts;
 mod outcome;
 mod stage;
 mod volumes;
@@ -250,6 +251,8 @@ pub struct Restorer {
     config: Arc<RestorerConfig>,
     fetcher: Fetcher,
     metrics: crate::metrics::Metrics,
+    /// The pod cut each sandbox's containers are restored from.
+    cuts: cuts::Cuts,
 }
 
 /// How long `CreateContainer` waits for a download when kubelet sent no deadline.
@@ -279,7 +282,14 @@ impl Restorer {
             }
         }
         let fetcher = Fetcher::new(registry, &config.restore_dir);
-        Ok(Restorer { runtime, store, config: Arc::new(config), fetcher, metrics: crate::metrics::Metrics::new() })
+        Ok(Restorer {
+            runtime,
+            store,
+            config: Arc::new(config),
+            fetcher,
+            metrics: crate::metrics::Metrics::new(),
+            cuts: cuts::Cuts::default(),
+        })
     }
 
     /// Counts into `metrics` (the daemon's registry).
@@ -408,7 +418,22 @@ impl Restorer {
             }
             Wanted::Latest => {
                 let failed = self.failed(&subject.key()).await;
-                let (candidates, origin) = self.latest_candidates(subject).await?;
+                let (mut candidates, origin) = self.latest_candidates(subject).await?;
+                // A sibling was restored from a pod cut: this container from the same one only.
+                let bound = self.cuts.bound(subject);
+                if let Some(cut) = &bound {
+                    candidates.retain(|c| c.time_tag(&subject.container).as_deref() == Some(cut.tag.as_str()));
+                    if candidates.is_empty() {
+                        return Err(RestoreError::NoneUsable {
+                            tried: format!(
+                                "the pod's containers are restored from the pod cut {} ({}); {origin} has no checkpoint \
+                                 of this container from it",
+                                cut.tag,
+                                cut.members.join(", ")
+                            ),
+                        });
+                    }
+                }
                 if candidates.is_empty() {
                     return Err(RestoreError::NoneUsable { tried: format!("{origin} has no checkpoint") });
                 }
@@ -429,7 +454,35 @@ impl Restorer {
                         continue;
                     }
                     match self.stage(subject, &candidate, &image_ids, wait).await {
-                        Ok(staged) => return Ok(staged),
+                        Ok(mut staged) => {
+                            let (Some(members), Some(tag)) =
+                                (staged.pod_cut.clone(), candidate.time_tag(&subject.container))
+                            else {
+                                return Ok(staged);
+                            };
+                            if let Some(cut) = &bound {
+                                staged.skip_pod_data = cut.skip_pod_data(subject);
+                            } else {
+                                let missing = self.missing_from_cut(subject, &tag, &members).await;
+                                if !missing.is_empty() {
+                                    let reason = format!(
+                                        "{reference}: its pod cut {tag} lacks the checkpoint of container(s) {}",
+                                        missing.join(", ")
+                                    );
+                                    tracing::warn!(checkpoint = %reference, missing = ?missing, "pod cut incomplete; trying the next older checkpoint");
+                                    tried.push(reason);
+                                    continue;
+                                }
+                                self.cuts.choose(subject, &tag, members.clone());
+                                tracing::info!(checkpoint = %reference, pod_cut = %tag, members = ?members, "the pod's containers are restored from this pod cut");
+                            }
+                            staged.cut_member = Some(cuts::CutMember {
+                                sandbox_id: subject.sandbox_id.clone(),
+                                container: subject.container.clone(),
+                                host_paths: subject.mounts.iter().map(|(_, host)| host.clone()).collect(),
+                            });
+                            return Ok(staged);
+                        }
                         Err(err @ RestoreError::Fetch { source: FetchError::StillDownloading { .. }, .. }) => {
                             return Err(err);
                         }

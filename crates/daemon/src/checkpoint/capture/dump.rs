@@ -15,32 +15,64 @@ pub(super) struct Volumes<'a> {
     pub(super) pod_data: &'a PodDataSources,
 }
 
+/// One container of a cut: where its dump and files go.
+#[derive(Debug, Clone)]
+pub(super) struct CutPart {
+    pub(super) id: String,
+    pub(super) pid: u32,
+    pub(super) images: PathBuf,
+    pub(super) work: PathBuf,
+    pub(super) tree: PathBuf,
+    pub(super) volume_mounts: Vec<VolumeMount>,
+    pub(super) pod_data: PodDataSources,
+}
+
 impl Checkpointer {
-    /// The cut: pause, dump, writable layer, resume — always resume, and
-    /// report the first failure.
-    pub(super) async fn cut(
-        &self,
-        id: &str,
-        pid: u32,
-        images: &Path,
-        work: &Path,
-        tree: &Path,
-        volumes: Volumes<'_>,
-    ) -> Result<Cut, CheckpointError> {
+    /// The cut over one container or several of a pod: every one paused
+    /// first, then each dumped with its writable layer and pod data, then
+    /// every one resumed — always resumed, and the first failure reported.
+    /// A failure anywhere fails the whole cut: nothing of it is committed.
+    pub(super) async fn cut(&self, parts: &[CutPart]) -> Result<Cut, CheckpointError> {
         let markers = self.frozen_markers();
         let frozen_at = Instant::now();
-        freeze::freeze(&*self.runtime, &markers, id).await?;
-        let dump_started = Instant::now();
-        let captured = self.dump_and_capture(id, pid, images, work, tree, volumes).await;
-        let dump_time = dump_started.elapsed();
-        let thawed = freeze::thaw(&*self.runtime, &markers, id).await;
-        let frozen_time = frozen_at.elapsed();
-        if let Err(e) = &thawed {
-            tracing::error!(container_id = id, error = %e, "the container could not be resumed after its checkpoint");
+        let mut frozen = Vec::with_capacity(parts.len());
+        let mut captured = Ok(());
+        for part in parts {
+            match freeze::freeze(&*self.runtime, &markers, &part.id).await {
+                Ok(()) => frozen.push(part.id.as_str()),
+                Err(e) => {
+                    captured = Err(CheckpointError::from(e));
+                    break;
+                }
+            }
         }
+        let mut dump_times = Vec::with_capacity(parts.len());
+        if captured.is_ok() {
+            for part in parts {
+                let dump_started = Instant::now();
+                let volumes = Volumes { mounts: &part.volume_mounts, pod_data: &part.pod_data };
+                captured =
+                    self.dump_and_capture(&part.id, part.pid, &part.images, &part.work, &part.tree, volumes).await;
+                dump_times.push(dump_started.elapsed());
+                if captured.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut thawed = Ok(());
+        for id in frozen {
+            let outcome = freeze::thaw(&*self.runtime, &markers, id).await;
+            if let Err(e) = outcome {
+                tracing::error!(container_id = id, error = %e, "the container could not be resumed after its checkpoint");
+                if thawed.is_ok() {
+                    thawed = Err(e);
+                }
+            }
+        }
+        let frozen_time = frozen_at.elapsed();
         captured?;
         thawed?;
-        Ok(Cut { dump_time, frozen_time })
+        Ok(Cut { dump_times, frozen_time })
     }
 
     /// CRIU's dump (the container stays frozen after it), the writable layer
@@ -101,8 +133,6 @@ fn write_writable_layer(upper: &Path, diff_path: &Path, deleted_path: &Path, id:
         .map_err(|source| CheckpointError::Rootfs { container_id: id.to_owned(), source })
 }
 
-impl Checkpointer {}
-
 /// The lines of CRIU's dump log that explain a failure
 /// ([`lazarus_format::criu_log::relevant_lines`]), with the log's path.
 #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (dump_and_capture)")]
@@ -116,9 +146,11 @@ pub fn dump_log_excerpt(path: &Path) -> String {
 }
 
 /// What the cut measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Cut {
-    pub(super) dump_time: Duration,
+    /// Each container's dump and capture, in the order of the parts.
+    pub(super) dump_times: Vec<Duration>,
+    /// From the first pause to the last resume.
     pub(super) frozen_time: Duration,
 }
 

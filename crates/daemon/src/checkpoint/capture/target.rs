@@ -14,7 +14,56 @@ pub(super) struct Target {
     pub(super) runtime_version: String,
 }
 
+impl Target {
+    /// The container's name (its CRI metadata).
+    pub(super) fn container_name(&self) -> String {
+        self.status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+    }
+}
+
 impl Checkpointer {
+    /// The containers of one cut: `asked` first, then — when the pod
+    /// checkpoints `asked` and others too — the pod's other running containers
+    /// it checkpoints, by name ([`crate::checkpoint::pod_cut`]). A container the
+    /// pod's `lazarus.dev/checkpoint-containers` leaves out is checkpointed
+    /// alone when asked for by hand.
+    pub(super) async fn cut_targets(&self, asked: Target) -> Result<Vec<Target>, CheckpointError> {
+        let annotations = &asked.pod.annotations;
+        if let Err(reason) = crate::checkpoint::pod_cut::selection(annotations) {
+            self.metrics.annotation_rejected(ann::CHECKPOINT_CONTAINERS);
+            tracing::warn!(container_id = %asked.id, "{reason}; every container of the pod is checkpointed");
+        }
+        if !crate::checkpoint::pod_cut::is_selected(annotations, &asked.container_name()) {
+            return Ok(vec![asked]);
+        }
+        let listed = self
+            .runtime
+            .list_containers(v1::ContainerFilter {
+                pod_sandbox_id: asked.pod.id.clone(),
+                state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| runtime_error("ListContainers", &asked.id, &s))?;
+        let mut others: Vec<(String, String)> = listed
+            .into_iter()
+            .filter(|c| c.id != asked.id)
+            .map(|c| (c.metadata.map(|m| m.name).unwrap_or_default(), c.id))
+            .filter(|(name, _)| crate::checkpoint::pod_cut::is_selected(annotations, name))
+            .collect();
+        others.sort();
+        let mut targets = vec![asked];
+        for (_, id) in others {
+            match self.inspect(&id).await {
+                Ok(target) => targets.push(target),
+                // Ended since it was listed: not part of the cut.
+                Err(CheckpointError::NotFound { .. } | CheckpointError::NotRunning { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(targets)
+    }
+
     /// Resolves a container id or `namespace/pod/container` to the id of a
     /// running container.
     pub async fn resolve(&self, container: &str) -> Result<String, CheckpointError> {

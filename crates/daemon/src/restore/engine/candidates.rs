@@ -27,6 +27,21 @@ impl Candidate {
         }
     }
 
+    /// The time tag of a checkpoint of `container` (what the checkpoints of
+    /// one pod cut share); `None` for an archive.
+    pub(super) fn time_tag(&self, container: &str) -> Option<String> {
+        match self {
+            Candidate::Local { reference, .. } => {
+                let named = reference.strip_prefix("local:")?.split('@').next()?;
+                named.rsplit_once(':').map(|(_, tag)| tag.to_owned())
+            }
+            Candidate::Archive { .. } => None,
+            Candidate::Registry { reference } => {
+                reference.tag.as_deref()?.strip_prefix(container)?.strip_prefix('-').map(str::to_owned)
+            }
+        }
+    }
+
     /// The identity failures are remembered by.
     pub(super) fn identity(&self) -> String {
         match self {
@@ -180,6 +195,20 @@ pub(super) fn newest_per_container(tags: &[String], only: Option<&str>) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_tag_of_a_candidate() {
+        let local = Candidate::Local {
+            reference: "local:ns/job/worker:20261122T235133.919Z@sha256:ab".into(),
+            digest: "sha256:ab".into(),
+        };
+        assert_eq!(local.time_tag("worker").as_deref(), Some("20261122T235133.919Z"));
+        let reference = Reference::parse("reg.example:5000/team/job:db-20261122T235133.919Z").expect("parse");
+        assert_eq!(Candidate::Registry { reference }.time_tag("db").as_deref(), Some("20261122T235133.919Z"));
+        let other = Reference::parse("reg.example:5000/team/job:worker-20261122T235133.919Z").expect("parse");
+        assert_eq!(Candidate::Registry { reference: other }.time_tag("db"), None);
+        assert_eq!(Candidate::Archive { path: "/a.tar".into() }.time_tag("db"), None);
+    }
 
     #[test]
     fn newest_tag_per_container() {

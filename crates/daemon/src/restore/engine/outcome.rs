@@ -38,6 +38,7 @@ impl Restorer {
         let dir = plan::plan_dir(&self.config.restore_dir, container_id);
         let origin: Option<Origin> = read_json(&dir.join(plan::ORIGIN_FILE));
         let result: Option<plan::RestoreResult> = read_json(&dir.join(plan::RESULT_FILE));
+        let result_ok = result.as_ref().is_some_and(|r| r.ok);
         let (key, source) =
             origin.as_ref().map_or((String::new(), String::new()), |o| (o.key.clone(), o.source.clone()));
         // The key is namespace/pod/container.
@@ -81,6 +82,7 @@ impl Restorer {
                 }
             }
         }
+        self.cuts.started(container_id, error.is_none() && result_ok);
         let tree = dir.join(plan::TREE_DIR);
         // Gigabytes of images: removed on the blocking pool, not on the event
         // loop (StartContainer's answer does not wait for it).
@@ -93,6 +95,9 @@ impl Restorer {
     /// restore never starts fresh.
     pub async fn commit(&self, staged: Staged, container_id: &str) -> Result<PathBuf, RestoreError> {
         let id = container_id.to_owned();
+        if let Some(member) = &staged.cut_member {
+            self.cuts.created(member, container_id);
+        }
         match crate::blocking::run(move || staged.commit(&id)).await {
             Ok(dir) => Ok(dir),
             Err(err) => {

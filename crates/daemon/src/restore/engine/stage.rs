@@ -23,6 +23,12 @@ pub struct Staged {
     pub(super) committed: bool,
     /// Bytes unpacked (for the metrics).
     pub(super) bytes: u64,
+    /// The containers of the pod cut the checkpoint was taken in (`lazarus.dev/pod-cut`).
+    pub(super) pod_cut: Option<Vec<String>>,
+    /// Set once the pod's containers are bound to this cut (restore/engine/cuts.rs).
+    pub(super) cut_member: Option<super::cuts::CutMember>,
+    /// Pod data destinations a sibling of the same cut put back already.
+    pub(super) skip_pod_data: Vec<String>,
 }
 
 impl Staged {
@@ -48,6 +54,7 @@ impl Staged {
             source: self.origin.source.clone(),
             checkpoint_dir: dest.join(plan::TREE_DIR),
             tcp_close: true,
+            skip_pod_data: self.skip_pod_data.clone(),
         };
         let written = write_json_atomic(&dest.join(plan::ORIGIN_FILE), &self.origin)
             .and_then(|()| write_json_atomic(&dest.join(plan::PLAN_FILE), &plan));
@@ -92,6 +99,9 @@ impl Restorer {
             origin: Origin { key: subject.key(), checkpoint: candidate.identity(), source: reference.clone() },
             committed: false,
             bytes: 0,
+            pod_cut: None,
+            cut_member: None,
+            skip_pod_data: Vec::new(),
         };
         let tree = dir.join(plan::TREE_DIR);
         let (store, candidate2, tree2, downloaded2) =
@@ -105,16 +115,17 @@ impl Restorer {
                 None => unpack_candidate(&store, &candidate2, &tree2),
             }?;
             let meta = CheckpointMetadata::read(&tree2, &annotations, image_arch.as_deref());
+            let pod_cut = super::cuts::members_of(&annotations);
             let has_images = tree2.join(ann::files::CHECKPOINT_DIR).is_dir();
             let volumes = super::volumes::read_record(&tree2)
                 .map_err(|reason| RestoreError::Corrupt { reference: candidate2.reference(), reason })?;
-            Ok::<_, RestoreError>((meta, has_images, unpacked, volumes))
+            Ok::<_, RestoreError>((meta, has_images, unpacked, volumes, pod_cut))
         })
         .await;
         if let Some(download) = &downloaded {
             self.fetcher.release(&download.layer_digest);
         }
-        let (meta, has_images, unpacked, volumes) = outcome?;
+        let (meta, has_images, unpacked, volumes, pod_cut) = outcome?;
         let target =
             Target { namespace: &subject.namespace, image_ids, image_name: &subject.image.image, arch: ann::go_arch() };
         let cross = checks::cross_namespace_allowed(&reference, &self.config.cross_namespace_sources);
@@ -138,6 +149,7 @@ impl Restorer {
             "checkpoint verified, unpacked and checked"
         );
         staged.bytes = unpacked.bytes;
+        staged.pod_cut = pod_cut;
         Ok(staged)
     }
 
