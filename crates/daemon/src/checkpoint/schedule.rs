@@ -11,6 +11,10 @@
 //! next interval, doubling up to 8 intervals. Once kubelet has asked to stop
 //! a container (its `stopping` marker), it is never checkpointed periodically
 //! again: what it does during its shutdown is not progress to come back to.
+//! A pod with several checkpointed containers is one cut (`pod_cut`): it is
+//! scheduled once, by the first of them by name, from the newest start among
+//! them; a sidecar `lazarus.dev/checkpoint-containers` leaves out is not
+//! scheduled at all.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
