@@ -421,6 +421,52 @@ async fn cut_of_app_and_db(bed: &Bed, engine: &Checkpointer) -> Result<super::ca
     engine.checkpoint("c1", None).await
 }
 
+/// A restore engine over `engine`'s store; the new pods run with lazarus's handler.
+fn restorer_over(bed: &Bed, engine: &Checkpointer) -> crate::restore::Restorer {
+    let runtime = FakeRuntime::new();
+    runtime.script(|s| {
+        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
+            status: Some(v1::PodSandboxStatus { runtime_handler: "lazarus".into(), ..Default::default() }),
+            ..Default::default()
+        }));
+        s.image_status.always(Ok(v1::ImageStatusResponse {
+            image: Some(v1::Image { id: format!("sha256:{}", "a".repeat(64)), ..Default::default() }),
+            ..Default::default()
+        }));
+    });
+    let config = crate::restore::RestorerConfig {
+        restore_dir: bed.dir.path().join("restore"),
+        runtime_handler: "lazarus".into(),
+        allowed_registries: Vec::new(),
+        allowed_dirs: Vec::new(),
+        cross_namespace_sources: Vec::new(),
+        failures_file: bed.dir.path().join("restore-failures.json"),
+        failure_expiry: Duration::from_secs(3600),
+    };
+    let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
+    crate::restore::Restorer::new(runtime, engine.store().clone(), config, registry).expect("restorer")
+}
+
+#[tokio::test]
+async fn latest_skips_a_pod_cut_that_lacks_a_containers_checkpoint() {
+    let bed = bed(&[(ann::CHECKPOINT_CONTAINERS, "app,db")]);
+    dump_leaves_images(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(&upper).expect("upper");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+    let first = cut_of_app_and_db(&bed, &engine).await.expect("the first cut");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = cut_of_app_and_db(&bed, &engine).await.expect("the second cut");
+    // db's checkpoint of the second cut is gone: app's newest is of an incomplete cut.
+    let [db_second] = second.pod_cut.as_slice() else { panic!("one sibling") };
+    engine.store().remove(std::slice::from_ref(&db_second.digest)).expect("remove");
+    let restorer = restorer_over(&bed, &engine);
+    match restorer.prepare(&restore_request("app"), None).await {
+        Ok(Some(staged)) => assert_eq!(staged.source(), first.reference, "the newest complete cut"),
+        other => panic!("app not staged: {other:?}"),
+    }
+}
+
 fn restore_request(container: &str) -> v1::CreateContainerRequest {
     v1::CreateContainerRequest {
         pod_sandbox_id: "sb-new".into(),
@@ -469,28 +515,7 @@ async fn a_pod_cut_freezes_every_container_before_the_first_dump_and_they_restor
     // although db's newest is of the second.
     engine.store().remove(std::slice::from_ref(&second.digest)).expect("remove");
 
-    let runtime = FakeRuntime::new();
-    runtime.script(|s| {
-        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
-            status: Some(v1::PodSandboxStatus { runtime_handler: "lazarus".into(), ..Default::default() }),
-            ..Default::default()
-        }));
-        s.image_status.always(Ok(v1::ImageStatusResponse {
-            image: Some(v1::Image { id: format!("sha256:{}", "a".repeat(64)), ..Default::default() }),
-            ..Default::default()
-        }));
-    });
-    let config = crate::restore::RestorerConfig {
-        restore_dir: bed.dir.path().join("restore"),
-        runtime_handler: "lazarus".into(),
-        allowed_registries: Vec::new(),
-        allowed_dirs: Vec::new(),
-        cross_namespace_sources: Vec::new(),
-        failures_file: bed.dir.path().join("restore-failures.json"),
-        failure_expiry: Duration::from_secs(3600),
-    };
-    let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
-    let restorer = crate::restore::Restorer::new(runtime, engine.store().clone(), config, registry).expect("restorer");
+    let restorer = restorer_over(&bed, &engine);
     let app = match restorer.prepare(&restore_request("app"), None).await {
         Ok(Some(staged)) => staged,
         other => panic!("app not staged: {other:?}"),
