@@ -33,4 +33,5 @@ pub mod plan;
 pub mod pod_data;
 pub mod rootfs_diff;
 pub mod timefmt;
+pub mod tree_files;
 pub mod volumes;

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lazarus_format::digest::{Digester, sha256_hex as digest_hex};
+use lazarus_format::digest::{Digester, HashingWriter, sha256_hex as digest_hex};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use oci_spec::image::{
@@ -301,6 +301,62 @@ impl Store {
         self.install(staged, &digester.hex(), size)
     }
 
+    /// Takes the file at `path` as a blob **without copying it**: moved into
+    /// the store's staging directory (it must be on the store's filesystem),
+    /// hashed while the kernel writes it to disk (`fsync` on a second thread),
+    /// and renamed into `blobs/`. A checkpoint's CRIU images are written once,
+    /// by CRIU, and become the stored form as they are. The file is gone from
+    /// `path` afterwards; when the blob exists already (an identical file of
+    /// an earlier checkpoint) the existing copy is kept and this one dropped.
+    pub fn adopt_file(&self, path: &Path) -> Result<BlobInfo, StoreError> {
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err("opening", path))?;
+        let meta = file.metadata().map_err(io_err("reading", path))?;
+        if !meta.is_file() {
+            let source = io::Error::new(ErrorKind::InvalidInput, "not a regular file");
+            return Err(StoreError::Io { action: "adopting", path: path.to_owned(), source });
+        }
+        let dup = file.try_clone().map_err(io_err("opening", path))?;
+        // Locked before it enters tmp/: a garbage collection finds it held, like any staging file.
+        let lock = lock_file(dup, FlockArg::LockExclusive, path)?;
+        let dir = self.tmp_dir();
+        let staged_path = tempfile::Builder::new()
+            .prefix("blob-")
+            .make_in(&dir, |candidate| {
+                // No replacing: a name another writer took is skipped.
+                nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    path,
+                    nix::fcntl::AT_FDCWD,
+                    candidate,
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                )
+                .map_err(io::Error::from)
+            })
+            .map_err(io_err("moving into the staging directory", path))?
+            .into_temp_path();
+        let staged = Staged { file: NamedTempFile::from_parts(file, staged_path), _lock: lock };
+        let (hex, size) = hash_while_syncing(staged.file.as_file(), staged.file.path())?;
+        self.install(staged, &hex, size)
+    }
+
+    /// A new blob written by `produce` (hashed as it writes; fsynced before it
+    /// enters `blobs/`): for data made on the fly, without a file of its own first.
+    pub fn write_blob_streamed(
+        &self,
+        produce: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<BlobInfo, StoreError> {
+        let mut staged = self.stage()?;
+        let path = staged.file.path().to_owned();
+        let mut hashing = HashingWriter::new(io::BufWriter::with_capacity(IO_BUFFER, staged.file.as_file_mut()));
+        produce(&mut hashing).map_err(|source| StoreError::Source { source })?;
+        let (digester, mut writer) = hashing.finish();
+        writer.flush().map_err(io_err("writing", &path))?;
+        drop(writer);
+        staged.file.as_file().sync_all().map_err(io_err("syncing", &path))?;
+        let size = digester.size();
+        self.install(staged, &digester.hex(), size)
+    }
+
     /// [`write_blob`](Self::write_blob) for data already in memory.
     pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<BlobInfo, StoreError> {
         self.write_blob(bytes)
@@ -333,6 +389,20 @@ impl Store {
         index_annotations: BTreeMap<String, String>,
         retention: Option<Retention<'_>>,
     ) -> Result<(Descriptor, Vec<Entry>), StoreError> {
+        self.commit_written(manifest_json, index_annotations, retention, &[])
+    }
+
+    /// [`commit_with_retention`](Self::commit_with_retention) for a manifest
+    /// whose blobs this process has just written: those of `written` (hashed
+    /// while written, leased since, still the files in `blobs/`) are not
+    /// hashed again; every other blob is.
+    pub fn commit_written(
+        &self,
+        manifest_json: &[u8],
+        index_annotations: BTreeMap<String, String>,
+        retention: Option<Retention<'_>>,
+        written: &[BlobInfo],
+    ) -> Result<(Descriptor, Vec<Entry>), StoreError> {
         let invalid = |reason: String| StoreError::InvalidManifest {
             digest: format!("{SHA256_PREFIX}{}", digest_hex(manifest_json)),
             reason,
@@ -351,7 +421,17 @@ impl Store {
         // verified files in place until the index names them.
         let mut blobs = Vec::with_capacity(manifest.layers().len() + 2);
         for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
-            blobs.push(self.verify_descriptor(descriptor)?);
+            let digest = descriptor.digest().to_string();
+            let known = written.iter().find(|blob| {
+                blob.digest == digest
+                    && blob.size == descriptor.size()
+                    && descriptor_hex(descriptor)
+                        .is_ok_and(|hex| FileId::of_path(&self.blob_file(hex)) == Some(blob.lease.id))
+            });
+            match known {
+                Some(blob) => blobs.push(blob.clone()),
+                None => blobs.push(self.verify_descriptor(descriptor)?),
+            }
         }
         let manifest_blob = self.write_blob_bytes(manifest_json)?;
         blobs.push(manifest_blob.clone());
@@ -934,6 +1014,31 @@ impl FileId {
     }
 }
 
+/// sha256 and size of `file`, read from the start, while a second thread
+/// `fsync`s it: the hash is CPU work, the sync the disk's, and they overlap.
+fn hash_while_syncing(file: &File, path: &Path) -> Result<(String, u64), StoreError> {
+    std::thread::scope(|scope| {
+        let syncing = scope.spawn(|| file.sync_all());
+        let mut digester = Digester::new();
+        let mut buf = vec![0u8; IO_BUFFER];
+        let mut offset = 0u64;
+        loop {
+            let n = match file.read_at(&mut buf, offset) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(source) => return Err(StoreError::Io { action: "reading", path: path.to_owned(), source }),
+            };
+            offset += n as u64;
+            digester.update(&buf[..n]);
+        }
+        let synced = syncing.join().unwrap_or_else(|_| Err(io::Error::other("the syncing thread panicked")));
+        synced.map_err(io_err("syncing", path))?;
+        let size = digester.size();
+        Ok((digester.hex(), size))
+    })
+}
+
 fn same_file(path: &Path, file: &File) -> bool {
     FileId::of(file).is_some_and(|id| FileId::of_path(path) == Some(id))
 }
@@ -1116,6 +1221,61 @@ mod tests {
 
     fn sha256_of(bytes: &[u8]) -> String {
         format!("sha256:{}", digest_hex(bytes))
+    }
+
+    #[test]
+    fn an_adopted_file_becomes_a_blob_without_a_copy_and_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("open");
+        let staging = dir.path().join("store").join("..").join("staging");
+        fs::create_dir_all(&staging).expect("staging");
+        let first = staging.join("pages-1.img");
+        fs::write(&first, vec![9u8; 3 << 20]).expect("write");
+        let ino = fs::metadata(&first).expect("meta").ino();
+        let blob = store.adopt_file(&first).expect("adopt");
+        assert_eq!(blob.digest, sha256_of(&vec![9u8; 3 << 20]));
+        assert_eq!(blob.size, 3 << 20);
+        assert!(!first.exists(), "moved, not copied");
+        let path = store.blob_path(&blob.digest).expect("path");
+        assert_eq!(fs::metadata(&path).expect("blob").ino(), ino, "the same file");
+        // The same content again (an idle process's pages in the next checkpoint): one blob.
+        let second = staging.join("pages-2.img");
+        fs::write(&second, vec![9u8; 3 << 20]).expect("write");
+        let again = store.adopt_file(&second).expect("adopt again");
+        assert_eq!(again.digest, blob.digest);
+        assert_eq!(fs::metadata(&path).expect("blob").ino(), ino, "the first copy kept");
+        assert!(!second.exists());
+        assert_eq!(fs::read_dir(store.tmp_dir()).expect("tmp").count(), 0, "nothing left in tmp/");
+        // Committed with the leases it came with: not hashed again, and a blob replaced
+        // meanwhile (another inode) is hashed, so damage is still refused.
+        let config = store.write_blob_bytes(b"{}").expect("config");
+        let json =
+            manifest_json(config.descriptor(MediaType::ImageConfig), vec![blob.descriptor(MediaType::ImageLayer)]);
+        store.commit_written(&json, annotations("ns/p/c", 1), None, &[config.clone(), blob.clone()]).expect("commit");
+        fs::remove_file(&path).expect("unlink");
+        fs::write(&path, vec![8u8; 3 << 20]).expect("replace");
+        let json2 =
+            manifest_json(config.descriptor(MediaType::ImageConfig), vec![blob.descriptor(MediaType::ImageLayer)]);
+        let err = store
+            .commit_written(&json2, annotations("ns/p/c", 2), None, &[config, blob])
+            .expect_err("the file in blobs/ is not the one written");
+        assert!(err.to_string().contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn a_streamed_blob_is_hashed_as_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("open");
+        let blob = store
+            .write_blob_streamed(|out| {
+                out.write_all(b"one ")?;
+                out.write_all(b"two")
+            })
+            .expect("blob");
+        assert_eq!(blob.digest, sha256_of(b"one two"));
+        assert_eq!(store.read_blob(&blob.digest).expect("read"), b"one two");
+        let err = store.write_blob_streamed(|_| Err(io::Error::other("producer failed"))).expect_err("fails");
+        assert!(err.to_string().contains("producer failed"), "{err}");
     }
 
     #[test]

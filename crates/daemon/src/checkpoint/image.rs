@@ -1,6 +1,8 @@
-//! Packaging a checkpoint tree as an OCI image: one layer holding the tree
-//! (checkpointctl's layout), an image config, a manifest carrying the
-//! annotations containerd, CRI-O, Podman and checkpointctl look for.
+//! Packaging a checkpoint tree as an OCI image: a layer holding the tree
+//! (checkpointctl's layout) but for its large files, which are blobs of their
+//! own, moved into the store as CRIU wrote them ([`lazarus_format::tree_files`]);
+//! an image config; a manifest carrying the annotations containerd, CRI-O,
+//! Podman and checkpointctl look for.
 
 #![expect(clippy::disallowed_methods, reason = "packaging runs on the blocking pool (capture::commit)")]
 
@@ -10,10 +12,11 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use lazarus_format::digest::HashingWriter;
+use lazarus_format::digest::{HashingReader, HashingWriter};
+use lazarus_format::tree_files;
 use oci_spec::image::{
-    Arch, ConfigBuilder, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os,
-    RootFsBuilder,
+    Arch, ConfigBuilder, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder,
+    MediaType, Os, RootFsBuilder,
 };
 
 use super::capture::Compression;
@@ -43,6 +46,133 @@ pub enum PackageError {
     /// Writing blobs to the store.
     #[error(transparent)]
     Store(#[from] lazarus_store::StoreError),
+    /// A stored layer does not have its digest.
+    #[error("layer {layer} is damaged: its data has {actual}")]
+    Damaged {
+        /// The layer's digest (and, for a file, its path in the tree).
+        layer: String,
+        /// What the data hashes to.
+        actual: String,
+    },
+}
+
+/// Writes the whole tree of the stored checkpoint `manifest` as one tar
+/// (checkpointctl's layout) into `out`: the first layer's entries, then the
+/// large files stored as they are. Every layer is checked against its
+/// digest on the way; a damaged one fails the call (throw `out` away).
+pub fn write_stored_tree(store: &Store, manifest: &ImageManifest, out: impl Write) -> Result<(), PackageError> {
+    let io = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| PackageError::Io { action, path, source }
+    };
+    let Some((layer, files)) = manifest.layers().split_first() else {
+        return Err(PackageError::Oci { what: "manifest", reason: "it has no layer".to_owned() });
+    };
+    let mut stored = Vec::with_capacity(files.len());
+    for file in files {
+        let digest = file.digest().to_string();
+        let title = file.annotations().as_ref().and_then(|a| a.get(tree_files::TITLE)).cloned().ok_or_else(|| {
+            PackageError::Oci { what: "manifest", reason: format!("layer {digest} has no {}", tree_files::TITLE) }
+        })?;
+        let path = store.blob_path(&digest)?;
+        let blob = File::open(&path).map_err(io("opening", &path))?;
+        stored.push(tree_files::StoredFile { title, digest, file: blob, size: file.size() });
+    }
+    let expected = layer.digest().to_string();
+    let path = store.blob_path(&expected)?;
+    let input = File::open(&path).map_err(io("opening", &path))?;
+    let mut hashing = std::io::BufReader::with_capacity(1 << 20, HashingReader::new(input));
+    let written = lazarus_format::compression::decompressing(&mut hashing)
+        .and_then(|decoded| tree_files::write_tree_tar(decoded, stored, out));
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io("reading", &path))?;
+    let actual = hashing.into_inner().into_digester().oci();
+    if actual != expected {
+        return Err(PackageError::Damaged { layer: expected, actual });
+    }
+    let damaged = written.map_err(io("archiving the tree of", &path))?;
+    if let Some((title, actual)) = damaged.into_iter().next() {
+        return Err(PackageError::Damaged { layer: title, actual });
+    }
+    Ok(())
+}
+
+/// A checkpoint in the layout other runtimes read, for a push.
+#[derive(Debug)]
+pub struct Compatible {
+    /// Its manifest's digest in the store (not in the index).
+    pub manifest_digest: String,
+    /// Its blobs, leased until the push is done.
+    #[expect(dead_code, reason = "held, not read: the leases keep the blobs from garbage collection")]
+    blobs: Vec<lazarus_store::BlobInfo>,
+}
+
+/// For the stored checkpoint `manifest_digest` with large files of its own:
+/// the same checkpoint as one compressed tar layer (what containerd, CRI-O and
+/// checkpointctl read), written into the store next to it (not indexed: its
+/// blobs live as long as the returned leases, then the store's garbage
+/// collection takes them). `None`: it is one layer already.
+pub fn compatible(
+    store: &Store,
+    manifest_digest: &str,
+    compression: Compression,
+) -> Result<Option<Compatible>, PackageError> {
+    let oci = |what| move |e: oci_spec::OciSpecError| PackageError::Oci { what, reason: e.to_string() };
+    let manifest = ImageManifest::from_reader(&store.read_blob(manifest_digest)?[..]).map_err(oci("manifest"))?;
+    if manifest.layers().len() <= 1 {
+        return Ok(None);
+    }
+    let mut diff_id = String::new();
+    let layer = store.write_blob_streamed(|out| {
+        let compressed: Box<dyn Write + '_> = match compression {
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+                encoder.multithread(2)?;
+                Box::new(encoder.auto_finish())
+            }
+            Compression::Gzip => Box::new(flate2::write::GzEncoder::new(out, flate2::Compression::fast())),
+        };
+        let mut hashing = HashingWriter::new(compressed);
+        write_stored_tree(store, &manifest, &mut hashing).map_err(std::io::Error::other)?;
+        let (digester, mut compressed) = hashing.finish();
+        compressed.flush()?;
+        drop(compressed);
+        diff_id = digester.oci();
+        Ok(())
+    })?;
+    let mut config: oci_spec::image::ImageConfiguration =
+        serde_json::from_slice(&store.read_blob(manifest.config().digest().as_ref())?)
+            .map_err(|e| PackageError::Oci { what: "image config", reason: e.to_string() })?;
+    let mut rootfs = config.rootfs().clone();
+    rootfs.set_diff_ids(vec![diff_id]);
+    config.set_rootfs(rootfs);
+    let config_blob = store.write_blob_bytes(&config.to_string().map_err(oci("image config"))?.into_bytes())?;
+    let digest = |d: &str| Digest::from_str(d).map_err(|e| PackageError::Oci { what: "digest", reason: e.to_string() });
+    let media = match compression {
+        Compression::Zstd => MediaType::ImageLayerZstd,
+        Compression::Gzip => MediaType::ImageLayerGzip,
+    };
+    let mut converted = manifest.clone();
+    converted.set_config(
+        DescriptorBuilder::default()
+            .media_type(MediaType::ImageConfig)
+            .digest(digest(&config_blob.digest)?)
+            .size(config_blob.size)
+            .build()
+            .map_err(oci("config descriptor"))?,
+    );
+    converted.set_layers(vec![
+        DescriptorBuilder::default()
+            .media_type(media)
+            .digest(digest(&layer.digest)?)
+            .size(layer.size)
+            .build()
+            .map_err(oci("layer descriptor"))?,
+    ]);
+    let manifest_blob = store.write_blob_bytes(&converted.to_string().map_err(oci("manifest"))?.into_bytes())?;
+    Ok(Some(Compatible {
+        manifest_digest: manifest_blob.digest.clone(),
+        blobs: vec![layer, config_blob, manifest_blob],
+    }))
 }
 
 /// A packaged, not yet committed, checkpoint image.
@@ -105,6 +235,13 @@ pub fn package(
     created: &str,
 ) -> Result<Packaged, PackageError> {
     let oci = |what| move |e: oci_spec::OciSpecError| PackageError::Oci { what, reason: e.to_string() };
+    // The large files first: they leave the tree, the layer holds the rest.
+    let large = tree_files::large_files(tree, tree_files::MIN_SIZE).map_err(|source| PackageError::Io {
+        action: "reading",
+        path: tree.to_owned(),
+        source,
+    })?;
+    let adopted = adopt_all(store, &large)?;
     let layer_path = scratch.join("layer");
     let diff_id = write_layer(tree, &layer_path, compression)?;
     let layer_file = File::open(&layer_path).map_err(|source| PackageError::Io {
@@ -121,7 +258,15 @@ pub fn package(
         .os(Os::Linux)
         .created(created.to_owned())
         .config(ConfigBuilder::default().labels(labels).build().map_err(oci("image config"))?)
-        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(vec![diff_id]).build().map_err(oci("rootfs"))?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(
+                    std::iter::once(diff_id).chain(adopted.iter().map(|(_, b)| b.digest.clone())).collect::<Vec<_>>(),
+                )
+                .build()
+                .map_err(oci("rootfs"))?,
+        )
         .build()
         .map_err(oci("image config"))?;
     let config_bytes = config.to_string().map_err(oci("image config"))?.into_bytes();
@@ -145,19 +290,75 @@ pub fn package(
                 .build()
                 .map_err(oci("config descriptor"))?,
         )
-        .layers(vec![
-            DescriptorBuilder::default()
-                .media_type(layer_media)
-                .digest(digest(&layer.digest)?)
-                .size(layer.size)
-                .build()
-                .map_err(oci("layer descriptor"))?,
-        ])
+        .layers({
+            let mut layers = vec![
+                DescriptorBuilder::default()
+                    .media_type(layer_media)
+                    .digest(digest(&layer.digest)?)
+                    .size(layer.size)
+                    .build()
+                    .map_err(oci("layer descriptor"))?,
+            ];
+            for (file, blob) in &adopted {
+                layers.push(
+                    DescriptorBuilder::default()
+                        .media_type(MediaType::Other(tree_files::MEDIA_TYPE.to_owned()))
+                        .digest(digest(&blob.digest)?)
+                        .size(blob.size)
+                        .annotations(HashMap::from([(tree_files::TITLE.to_owned(), file.title.clone())]))
+                        .build()
+                        .map_err(oci("file layer descriptor"))?,
+                );
+            }
+            layers
+        })
         .annotations(manifest_annotations)
         .build()
         .map_err(oci("manifest"))?;
     let manifest = manifest.to_string().map_err(oci("manifest"))?.into_bytes();
-    Ok(Packaged { manifest, layer_size: layer.size, blobs: vec![layer, config_blob] })
+    let layer_size = layer.size + adopted.iter().map(|(_, b)| b.size).sum::<u64>();
+    let mut blobs = vec![layer, config_blob];
+    blobs.extend(adopted.into_iter().map(|(_, b)| b));
+    Ok(Packaged { manifest, layer_size, blobs })
+}
+
+/// Moves the large files into the store (hashed while they are synced to
+/// disk), two at a time: each is one CPU's hashing.
+fn adopt_all(
+    store: &Store,
+    large: &[tree_files::TreeFile],
+) -> Result<Vec<(tree_files::TreeFile, lazarus_store::BlobInfo)>, PackageError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Vec<(usize, Result<lazarus_store::BlobInfo, lazarus_store::StoreError>)>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..large.len().min(2))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(file) = large.get(i) else { break };
+                            done.push((i, store.adopt_file(&file.path)));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+        });
+    let mut adopted: Vec<(usize, lazarus_store::BlobInfo)> = Vec::with_capacity(large.len());
+    for (i, result) in results.into_iter().flatten() {
+        adopted.push((i, result?));
+    }
+    if adopted.len() != large.len() {
+        return Err(PackageError::Io {
+            action: "storing",
+            path: large.first().map(|f| f.path.clone()).unwrap_or_default(),
+            source: std::io::Error::other("a worker storing the checkpoint's large files panicked"),
+        });
+    }
+    adopted.sort_by_key(|(i, _)| *i);
+    Ok(adopted.into_iter().map(|(i, blob)| (large[i].clone(), blob)).collect())
 }
 
 fn labels_with_created(annotations: &BTreeMap<String, String>, created: &str) -> HashMap<String, String> {

@@ -578,3 +578,108 @@ async fn a_failed_dump_of_one_container_fails_the_whole_cut_and_thaws_every_cont
     );
     assert!(bed.engine.store().list().expect("list").is_empty(), "nothing of the cut committed");
 }
+
+/// Writes what CRIU leaves for a process with 2 MiB of memory: a pages file
+/// large enough to be stored as it is.
+fn dump_leaves_large_pages(bed: &Bed) {
+    bed.fake.script(|s| {
+        s.dump_hook = Some(Arc::new(|options| {
+            let images = std::path::Path::new(&options.image_path);
+            let pages: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+            std::fs::write(images.join("pages-1.img"), pages).expect("image");
+            std::fs::write(images.join("inventory.img"), b"inventory").expect("image");
+        }));
+    });
+}
+
+fn stored_manifest(engine: &Checkpointer, digest: &str) -> oci_spec::image::ImageManifest {
+    let bytes = engine.store().read_blob(digest).expect("manifest");
+    oci_spec::image::ImageManifest::from_reader(&bytes[..]).expect("manifest json")
+}
+
+/// The entries of a tar (compressed or not) with their data.
+fn tar_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let decoded = lazarus_format::compression::decompressing(bytes).expect("decode");
+    let mut archive = tar::Archive::new(decoded);
+    let mut out = Vec::new();
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).expect("data");
+        out.push((entry.path().expect("path").display().to_string().trim_start_matches("./").to_owned(), data));
+    }
+    out
+}
+
+#[tokio::test]
+async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar_when_they_leave() {
+    use std::os::unix::fs::MetadataExt;
+    let bed = bed(&[]);
+    dump_leaves_large_pages(&bed);
+    let upper = bed.dir.path().join("upper");
+    std::fs::create_dir_all(&upper).expect("upper");
+    let engine = bed.engine.clone().with_upperdir(&upper);
+    let taken = engine.checkpoint("c1", None).await.expect("checkpoint");
+    let manifest = stored_manifest(&engine, &taken.digest);
+    let [archive, pages] = manifest.layers().as_slice() else { panic!("two layers: {:?}", manifest.layers()) };
+    assert_eq!(archive.media_type(), &oci_spec::image::MediaType::ImageLayerZstd);
+    assert_eq!(pages.media_type().to_string(), lazarus_format::tree_files::MEDIA_TYPE);
+    let title = pages.annotations().as_ref().and_then(|a| a.get(lazarus_format::tree_files::TITLE)).cloned();
+    assert_eq!(title.as_deref(), Some("checkpoint/pages-1.img"));
+    assert_eq!(pages.size(), 2 << 20);
+    assert_eq!(taken.size, archive.size() + pages.size(), "the checkpoint's size counts every layer");
+    let blob = engine.store().blob_path(&pages.digest().to_string()).expect("blob");
+    let expected: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    assert_eq!(std::fs::read(&blob).expect("blob"), expected, "the file CRIU wrote, as it is");
+    let small =
+        tar_entries(&std::fs::read(engine.store().blob_path(&archive.digest().to_string()).expect("p")).expect("r"));
+    assert!(
+        small.iter().any(|(p, _)| p == "checkpoint/inventory.img"),
+        "{:?}",
+        small.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    assert!(!small.iter().any(|(p, _)| p == "checkpoint/pages-1.img"), "not twice");
+
+    // Restored: the pages file is the store's, linked, not copied.
+    let restorer = restorer_over(&bed, &engine);
+    let staged = match restorer.prepare(&restore_request("app"), None).await {
+        Ok(Some(staged)) => staged,
+        other => panic!("not staged: {other:?}"),
+    };
+    let plan = restorer.commit(staged, "n1").await.expect("plan");
+    let placed = plan.join("tree").join("checkpoint").join("pages-1.img");
+    assert_eq!(std::fs::metadata(&placed).expect("placed").ino(), std::fs::metadata(&blob).expect("blob").ino());
+    assert_eq!(std::fs::read(plan.join("tree/checkpoint/inventory.img")).expect("small image"), b"inventory");
+
+    // Leaving the node: one tar of the whole tree.
+    let exported = bed.dir.path().join("exported.tar");
+    crate::cli::export::export(engine.store().as_ref().clone(), taken.reference.clone(), exported.clone())
+        .await
+        .expect("export");
+    let entries = tar_entries(&std::fs::read(&exported).expect("archive"));
+    let find =
+        |entries: &[(String, Vec<u8>)], name: &str| entries.iter().find(|(p, _)| p == name).map(|(_, d)| d.clone());
+    assert_eq!(find(&entries, "checkpoint/pages-1.img").as_deref(), Some(&expected[..]));
+    assert_eq!(find(&entries, "checkpoint/inventory.img").as_deref(), Some(&b"inventory"[..]));
+    let compatible = super::image::compatible(engine.store(), &taken.digest, Compression::Zstd)
+        .expect("convert")
+        .expect("two layers: converted");
+    let converted = stored_manifest(&engine, &compatible.manifest_digest);
+    let [layer] = converted.layers().as_slice() else { panic!("one layer: {:?}", converted.layers()) };
+    let entries =
+        tar_entries(&std::fs::read(engine.store().blob_path(&layer.digest().to_string()).expect("p")).expect("r"));
+    assert_eq!(find(&entries, "checkpoint/pages-1.img").as_deref(), Some(&expected[..]));
+    assert_eq!(converted.annotations(), manifest.annotations(), "the same checkpoint");
+
+    // A damaged pages file is found before anything is restored from it.
+    std::fs::remove_dir_all(&plan).expect("plan removed");
+    let mut damaged = expected.clone();
+    damaged[12345] ^= 1;
+    std::fs::remove_file(&blob).expect("unlink");
+    std::fs::write(&blob, &damaged).expect("damage");
+    let err = restorer.prepare(&restore_request("app"), None).await.expect_err("damaged");
+    // latest: no other checkpoint to fall back on, the damage named.
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("(checkpoint/pages-1.img) is damaged"), "{err}");
+}

@@ -93,11 +93,13 @@ fn export_now(store: &Store, reference: &str, file: &Path) -> Result<Exported, E
     let not_checkpoint = |reason: String| ExportError::NotACheckpoint { reference: reference.clone(), reason };
     let manifest =
         found.manifest.as_ref().ok_or_else(|| not_checkpoint(format!("manifest {} is unreadable", found.digest)))?;
+    if manifest.layers().len() > 1 {
+        // Large files stored as they are (lazarus_format::tree_files): the tar is written
+        // from the first layer and the files.
+        return export_tree(store, manifest, &reference, file);
+    }
     let [layer] = manifest.layers().as_slice() else {
-        return Err(not_checkpoint(format!(
-            "a checkpoint image has one layer, this one has {}",
-            manifest.layers().len()
-        )));
+        return Err(not_checkpoint("the manifest has no layer".to_owned()));
     };
     let expected = layer.digest().to_string();
     let blob = store.blob_path(&expected).map_err(|e| not_checkpoint(format!("layer {expected}: {e}")))?;
@@ -128,6 +130,50 @@ fn export_now(store: &Store, reference: &str, file: &Path) -> Result<Exported, E
     let bytes = result?;
     tracing::info!(reference = %reference, file = %file.display(), bytes, "checkpoint exported");
     Ok(Exported { reference, bytes })
+}
+
+/// The export of a checkpoint with large files of their own: the tree's tar
+/// written from its layers into a new file, named once complete.
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (export)")]
+fn export_tree(
+    store: &Store,
+    manifest: &oci_spec::image::ImageManifest,
+    reference: &str,
+    file: &Path,
+) -> Result<Exported, ExportError> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+    let partial = dir.join(format!(".{name}.lazarus-export-{}", std::process::id()));
+    let result = (|| {
+        let output = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(io("creating a file in", &dir))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, output);
+        crate::checkpoint::image::write_stored_tree(store, manifest, &mut writer).map_err(|e| match e {
+            crate::checkpoint::image::PackageError::Damaged { layer, actual } => {
+                ExportError::Damaged { reference: reference.to_owned(), expected: layer, actual }
+            }
+            other => ExportError::NotACheckpoint { reference: reference.to_owned(), reason: other.to_string() },
+        })?;
+        let output = writer.into_inner().map_err(|e| io("writing", &partial)(e.into_error()))?;
+        output.sync_all().map_err(io("writing", &partial))?;
+        let bytes = output.metadata().map_err(io("reading", &partial))?.len();
+        std::fs::hard_link(&partial, file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => ExportError::Exists(file.to_owned()),
+            _ => io("naming the archive", file)(e),
+        })?;
+        Ok(bytes)
+    })();
+    let _ = std::fs::remove_file(&partial);
+    let bytes = result?;
+    tracing::info!(reference = %reference, file = %file.display(), bytes, "checkpoint exported");
+    Ok(Exported { reference: reference.to_owned(), bytes })
 }
 
 /// Decompresses the layer read from `input` into a new file at `partial`;

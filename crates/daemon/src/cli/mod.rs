@@ -11,7 +11,7 @@ use crate::config::{self, Config, FileConfig, Overrides};
 use crate::upstream::Upstream;
 use lazarus_registry::Reference;
 use lazarus_store::Store;
-mod export;
+pub(crate) mod export;
 mod listing;
 
 /// lazarus — a CRI proxy that checkpoints and restores Kubernetes containers.

@@ -58,16 +58,19 @@ impl Checkpointer {
         let store_err = |source| CheckpointError::Store { container_id: container_id.to_owned(), source };
         let store = self.store.clone();
         let manifest = std::mem::take(&mut packaged.manifest);
+        let blobs = std::mem::take(&mut packaged.blobs);
         // `packaged.blobs` stays alive (leased against garbage collection) until the commit returns.
         let retention_key = key.to_owned();
         // Committed and pruned to `keep` in one index replacement: no reader sees keep + 1.
         let committed = crate::blocking::run(move || {
             let retention = Retention { key: ann::CONTAINER_KEY, value: &retention_key, keep };
-            store.commit_with_retention(&manifest, index_annotations, Some(retention))
+            // The blobs were hashed as they were written: not read again.
+            let committed = store.commit_written(&manifest, index_annotations, Some(retention), &blobs);
+            drop(blobs);
+            committed
         })
         .await
         .map_err(store_err)?;
-        drop(packaged.blobs);
         let (committed, removed) = committed;
         let digest = committed.digest().to_string();
         // The size cap reads manifests and deletes blobs: off the event loop.

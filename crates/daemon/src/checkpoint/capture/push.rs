@@ -15,11 +15,28 @@ impl Checkpointer {
     ) {
         let started = Instant::now();
         let pod = checkpoint.key.rsplit_once('/').map_or(checkpoint.key.as_str(), |(pod, _)| pod).to_owned();
+        // Other runtimes read one tar of the tree: a checkpoint whose large files
+        // are stored as they are is pushed in that layout (written now, after the
+        // local checkpoint is committed).
+        let converted = {
+            let (store, digest, compression) = (self.store.clone(), checkpoint.digest.clone(), self.config.compression);
+            crate::blocking::run(move || crate::checkpoint::image::compatible(&store, &digest, compression)).await
+        };
+        let (pushed_digest, _compatible) = match converted {
+            Ok(Some(compatible)) => (compatible.manifest_digest.clone(), Some(compatible)),
+            Ok(None) => (checkpoint.digest.clone(), None),
+            Err(e) => {
+                self.metrics.checkpoint_pushed(false);
+                tracing::warn!(pod = %pod, container = container_name, container_id, error = %e, "writing the checkpoint in the registry's layout failed; nothing is pushed, the local checkpoint is kept");
+                checkpoint.push_error = Some(format!("pushing to {repository}: {e}"));
+                return;
+            }
+        };
         let result = match self.registry_client().await {
             Ok(client) => lazarus_registry::push_checkpoint(
                 &client,
                 &self.store,
-                &checkpoint.digest,
+                &pushed_digest,
                 repository,
                 container_name,
                 &checkpoint.tag,

@@ -12,6 +12,7 @@ use crate::restore::checks::Target;
 use lazarus_format::annotations as ann;
 use lazarus_format::metadata::CheckpointMetadata;
 use lazarus_format::plan::{Origin, Plan};
+use lazarus_format::tree_files;
 
 /// A checkpoint unpacked and checked, waiting for containerd's container id.
 /// Dropped without [`Staged::commit`], it removes its files.
@@ -235,9 +236,18 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             let bytes = store.read_blob(digest).map_err(|e| corrupt(format!("manifest: {e}")))?;
             let manifest: ImageManifest =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("manifest: {e}")))?;
-            let [layer] = manifest.layers().as_slice() else {
-                return Err(corrupt(format!("expected one layer, the manifest has {}", manifest.layers().len())));
+            // The tree's archive, then its large files as they are (lazarus_format::tree_files).
+            let Some((layer, files)) = manifest.layers().split_first() else {
+                return Err(corrupt("the manifest has no layer".to_owned()));
             };
+            if let Some(other) = files.iter().find(|f| f.media_type().to_string() != tree_files::MEDIA_TYPE) {
+                return Err(corrupt(format!(
+                    "layer {} has media type {}, expected {}",
+                    other.digest(),
+                    other.media_type(),
+                    tree_files::MEDIA_TYPE
+                )));
+            }
             let config_digest = manifest.config().digest().to_string();
             let arch = store
                 .read_blob(&config_digest)
@@ -247,12 +257,59 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             let layer_digest = layer.digest().to_string();
             let path = store.blob_path(&layer_digest).map_err(|e| corrupt(format!("layer: {e}")))?;
             let file = std::fs::File::open(&path).map_err(io("opening", &path))?;
-            let unpacked = archive::unpack(file, tree, Some(&layer_digest), &path)
+            let mut unpacked = archive::unpack(file, tree, Some(&layer_digest), &path)
                 .map_err(|source| RestoreError::Unpack { reference: reference.clone(), source })?;
+            let placed = place_files(store, files, tree).map_err(corrupt)?;
+            unpacked.files += placed.0;
+            unpacked.bytes += placed.1;
             let annotations = manifest.annotations().clone().unwrap_or_default().into_iter().collect();
             Ok((annotations, arch, unpacked))
         }
     }
+}
+
+/// The checkpoint's large files, each checked against its digest and hard-linked
+/// from the store into `tree` (no copy), two at a time. Returns (files, bytes).
+fn place_files(store: &Store, files: &[oci_spec::image::Descriptor], tree: &Path) -> Result<(u64, u64), String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<Result<u64, String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..files.len().min(2))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(descriptor) = files.get(i) else { break };
+                        done.push(place_file(store, descriptor, tree));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join().unwrap_or_else(|_| vec![Err("a worker placing the checkpoint's files panicked".to_owned())])
+            })
+            .collect()
+    });
+    let mut bytes = 0;
+    for outcome in outcomes {
+        bytes += outcome?;
+    }
+    Ok((files.len() as u64, bytes))
+}
+
+fn place_file(store: &Store, descriptor: &oci_spec::image::Descriptor, tree: &Path) -> Result<u64, String> {
+    let digest = descriptor.digest().to_string();
+    let title = descriptor
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(tree_files::TITLE))
+        .ok_or_else(|| format!("layer {digest} has no {} annotation", tree_files::TITLE))?;
+    let blob = store.blob_path(&digest).map_err(|e| format!("layer {digest} ({title}): {e}"))?;
+    tree_files::put_in_place(&blob, &digest, title, tree).map_err(|e| e.to_string())?;
+    Ok(descriptor.size())
 }
 
 /// A fresh staging dir (a unique name from tempfile) with an empty `tree/`;

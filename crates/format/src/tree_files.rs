@@ -1,0 +1,279 @@
+//! Large files of a checkpoint tree stored as they are.
+//!
+//! A checkpoint's memory is CRIU's `pages-*.img`: gigabytes CRIU has just written. Archiving and
+//! compressing them into one layer writes them a second time (and reads them a third time to
+//! restore), at a fraction of the disk's speed. So in the node-local store, every regular file of
+//! the tree of at least [`MIN_SIZE`] bytes is a blob of its own, **the file CRIU wrote, moved into
+//! the store** (`lazarus_store::Store::adopt_file`), and a restore hard-links it into the restore
+//! tree instead of unpacking a copy. The rest of the tree (CRIU's small images, `config.dump`,
+//! `spec.dump`, …) stays one compressed tar layer, the first of the manifest.
+//!
+//! In the manifest, such a file is a layer with media type [`MEDIA_TYPE`] whose
+//! `org.opencontainers.image.title` ([`TITLE`]) is its path in the tree (`checkpoint/pages-1.img`).
+//! That is lazarus's own layout: containerd, CRI-O and checkpointctl read one tar of the whole
+//! tree, so what leaves the node (a registry push, `lazarus checkpoints export`) is that tar,
+//! written from the layer and the files ([`write_tree_tar`]).
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use crate::digest::HashingReader;
+
+/// Media type of a layer that is one file of the checkpoint tree, as it is.
+pub const MEDIA_TYPE: &str = "application/vnd.lazarus.checkpoint.file.v1";
+/// The descriptor annotation naming the file's path in the tree.
+pub const TITLE: &str = "org.opencontainers.image.title";
+/// Files of at least this size are stored as their own blobs.
+pub const MIN_SIZE: u64 = 1 << 20;
+
+/// A large file of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeFile {
+    /// Its path in the tree (`checkpoint/pages-1.img`).
+    pub title: String,
+    /// Where it is now.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The regular files of at least `min_size` bytes under `tree` (symlinks are not followed),
+/// sorted by path.
+pub fn large_files(tree: &Path, min_size: u64) -> io::Result<Vec<TreeFile>> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        for entry in fs::read_dir(tree.join(&rel))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let child = rel.join(entry.file_name());
+            if kind.is_dir() {
+                pending.push(child);
+            } else if kind.is_file() {
+                let size = entry.metadata()?.len();
+                let title = child.to_str().map(str::to_owned);
+                if let (true, Some(title)) = (size >= min_size, title) {
+                    found.push(TreeFile { title, path: entry.path(), size });
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.title.cmp(&b.title));
+    Ok(found)
+}
+
+/// `tree/title`, when `title` is a plain relative path (no `..`, not absolute, not empty).
+pub fn place(tree: &Path, title: &str) -> Option<PathBuf> {
+    let rel = Path::new(title);
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    (plain && !title.is_empty()).then(|| tree.join(rel))
+}
+
+/// Why a stored file could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeFileError {
+    /// The title is not a plain relative path.
+    #[error("layer {digest}: its title {title:?} is not a plain relative path")]
+    Title {
+        /// The layer.
+        digest: String,
+        /// Its title.
+        title: String,
+    },
+    /// The blob's content does not have its digest.
+    #[error("layer {digest} ({title}) is damaged: its data has {actual}")]
+    Damaged {
+        /// The layer.
+        digest: String,
+        /// Its title.
+        title: String,
+        /// What the data hashes to.
+        actual: String,
+    },
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TreeFileError + use<> {
+    let path = path.to_owned();
+    move |source| TreeFileError::Io { action, path, source }
+}
+
+/// Checks that the blob at `blob` has `digest` (sha256 of its content), then makes it
+/// `tree/title`: a hard link (no copy: the store's file is read-only from here on, CRIU only reads
+/// its images), or a copy where the two are on different filesystems.
+pub fn put_in_place(blob: &Path, digest: &str, title: &str, tree: &Path) -> Result<PathBuf, TreeFileError> {
+    let dest = place(tree, title)
+        .ok_or_else(|| TreeFileError::Title { digest: digest.to_owned(), title: title.to_owned() })?;
+    let file = File::open(blob).map_err(io_error("opening", blob))?;
+    let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
+    io::copy(&mut hashing, &mut io::sink()).map_err(io_error("reading", blob))?;
+    let actual = hashing.into_digester().oci();
+    if actual != digest {
+        return Err(TreeFileError::Damaged { digest: digest.to_owned(), title: title.to_owned(), actual });
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_error("creating", parent))?;
+    }
+    match fs::hard_link(blob, &dest) {
+        Ok(()) => Ok(dest),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+            fs::copy(blob, &dest).map_err(io_error("copying into", &dest))?;
+            Ok(dest)
+        }
+        Err(e) => Err(io_error("linking", &dest)(e)),
+    }
+}
+
+/// One stored file of a tree, to be written into a tar.
+#[derive(Debug)]
+pub struct StoredFile {
+    /// Its path in the tree.
+    pub title: String,
+    /// Its blob's digest.
+    pub digest: String,
+    /// Its blob, open.
+    pub file: File,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The whole tree as one tar (checkpointctl's layout): the entries of `archive` (the first
+/// layer's tar, decompressed) and then `files`, each checked against its digest as it is
+/// written. Returns the files whose data did not match, as (title, actual digest) — the caller
+/// must then throw the output away.
+pub fn write_tree_tar(
+    archive: impl Read,
+    files: Vec<StoredFile>,
+    out: impl Write,
+) -> io::Result<Vec<(String, String)>> {
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut input = tar::Archive::new(archive);
+    for entry in input.entries()? {
+        let entry = entry?;
+        let mut header = entry.header().clone();
+        let path = entry.path()?.into_owned();
+        match header.entry_type() {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry.link_name()?.map(|t| t.into_owned()).unwrap_or_default();
+                builder.append_link(&mut header, &path, &target)?;
+            }
+            _ => builder.append_data(&mut header, &path, entry)?,
+        }
+    }
+    let mut damaged = Vec::new();
+    for stored in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(stored.size);
+        header.set_mode(0o600);
+        header.set_mtime(0);
+        let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, stored.file).take(stored.size));
+        builder.append_data(&mut header, &stored.title, &mut hashing)?;
+        let actual = hashing.into_digester().oci();
+        if actual != stored.digest {
+            damaged.push((stored.title, actual));
+        }
+    }
+    builder.into_inner()?.flush()?;
+    Ok(damaged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_files_are_found_and_titles_stay_inside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path();
+        fs::create_dir_all(tree.join("checkpoint")).expect("mkdir");
+        fs::write(tree.join("checkpoint/pages-1.img"), vec![7u8; 2048]).expect("write");
+        fs::write(tree.join("checkpoint/core-1.img"), b"small").expect("write");
+        fs::write(tree.join("rootfs-diff.tar"), vec![1u8; 4096]).expect("write");
+        let found = large_files(tree, 1024).expect("walk");
+        let titles: Vec<&str> = found.iter().map(|f| f.title.as_str()).collect();
+        assert_eq!(titles, ["checkpoint/pages-1.img", "rootfs-diff.tar"]);
+        assert_eq!(found[0].size, 2048);
+        assert_eq!(place(tree, "checkpoint/pages-1.img"), Some(tree.join("checkpoint/pages-1.img")));
+        for bad in ["", "/etc/passwd", "../x", "checkpoint/../../x", "./x"] {
+            assert_eq!(place(tree, bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_file_is_linked_after_its_digest_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blob = dir.path().join("blob");
+        fs::write(&blob, b"pages").expect("write");
+        let digest = format!("sha256:{}", crate::digest::sha256_hex(b"pages"));
+        let tree = dir.path().join("tree");
+        let placed = put_in_place(&blob, &digest, "checkpoint/pages-1.img", &tree).expect("placed");
+        assert_eq!(fs::read(&placed).expect("read"), b"pages");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&placed).expect("meta").ino(), fs::metadata(&blob).expect("meta").ino(), "linked");
+        fs::write(&blob, b"PAGES").expect("damage");
+        let err = put_in_place(&blob, &digest, "checkpoint/pages-2.img", &tree).expect_err("damaged");
+        assert!(matches!(err, TreeFileError::Damaged { .. }), "{err}");
+        assert!(!tree.join("checkpoint/pages-2.img").exists(), "nothing placed");
+        let err = put_in_place(&blob, &digest, "../escape", &tree).expect_err("title");
+        assert!(matches!(err, TreeFileError::Title { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_tree_tar_holds_the_archive_and_the_files_and_names_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut small = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(0o755);
+        small.append_data(&mut header, "checkpoint", io::empty()).expect("dir");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        small.append_data(&mut header, "checkpoint/core-1.img", &b"small"[..]).expect("file");
+        let small = small.into_inner().expect("tar");
+        let blob = dir.path().join("blob");
+        fs::write(&blob, b"pages").expect("write");
+        let stored = |digest: &str| StoredFile {
+            title: "checkpoint/pages-1.img".into(),
+            digest: digest.into(),
+            file: File::open(&blob).expect("open"),
+            size: 5,
+        };
+        let good = format!("sha256:{}", crate::digest::sha256_hex(b"pages"));
+        let mut out = Vec::new();
+        let damaged = write_tree_tar(&small[..], vec![stored(&good)], &mut out).expect("tar");
+        assert!(damaged.is_empty());
+        let mut read = tar::Archive::new(&out[..]);
+        let mut seen = Vec::new();
+        for entry in read.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("data");
+            seen.push((entry.path().expect("path").display().to_string(), data));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("checkpoint".to_owned(), Vec::new()),
+                ("checkpoint/core-1.img".to_owned(), b"small".to_vec()),
+                ("checkpoint/pages-1.img".to_owned(), b"pages".to_vec())
+            ]
+        );
+        let damaged = write_tree_tar(&small[..], vec![stored("sha256:00")], io::sink()).expect("tar");
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].0, "checkpoint/pages-1.img");
+    }
+}
