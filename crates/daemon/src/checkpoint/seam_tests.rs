@@ -629,11 +629,11 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     assert_eq!(title.as_deref(), Some("checkpoint/pages-1.img"));
     assert_eq!(pages.size(), 2 << 20);
     assert_eq!(taken.size, archive.size() + pages.size(), "the checkpoint's size counts every layer");
-    let blob = engine.store().blob_path(&pages.digest().to_string()).expect("blob");
+    let blob = engine.store().blob_path(pages.digest().as_ref()).expect("blob");
     let expected: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
     assert_eq!(std::fs::read(&blob).expect("blob"), expected, "the file CRIU wrote, as it is");
     let small =
-        tar_entries(&std::fs::read(engine.store().blob_path(&archive.digest().to_string()).expect("p")).expect("r"));
+        tar_entries(&std::fs::read(engine.store().blob_path(archive.digest().as_ref()).expect("p")).expect("r"));
     assert!(
         small.iter().any(|(p, _)| p == "checkpoint/inventory.img"),
         "{:?}",
@@ -668,7 +668,7 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     let converted = stored_manifest(&engine, &compatible.manifest_digest);
     let [layer] = converted.layers().as_slice() else { panic!("one layer: {:?}", converted.layers()) };
     let entries =
-        tar_entries(&std::fs::read(engine.store().blob_path(&layer.digest().to_string()).expect("p")).expect("r"));
+        tar_entries(&std::fs::read(engine.store().blob_path(layer.digest().as_ref()).expect("p")).expect("r"));
     assert_eq!(find(&entries, "checkpoint/pages-1.img").as_deref(), Some(&expected[..]));
     assert_eq!(converted.annotations(), manifest.annotations(), "the same checkpoint");
 
