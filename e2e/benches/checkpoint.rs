@@ -1,11 +1,15 @@
-//! Checkpoint cost: for processes holding 256 MiB and 1 GiB of incompressible
-//! memory, in one run, raw `criu dump --leave-running` of a plain process vs
-//! `lazarus checkpoint` of the same program in a container (through
-//! containerd, runc and CRIU). Compared: CRIU's frozen time (from its own
-//! statistics), the dump's wall time, lazarus's total time with packaging,
-//! and the zstd image size.
+//! Checkpoint cost: for processes holding 1 and 4 GiB of incompressible
+//! memory, in one run, raw `criu dump --leave-running` of a plain process
+//! followed by `sync` vs `lazarus checkpoint` of the same program in a
+//! container (through containerd, runc and CRIU) until it is committed to
+//! the store (durable: lazarus fsyncs what it stores). The page cache is
+//! synced before each side. Compared: wall time, CRIU's frozen time (from its
+//! own statistics), the whole cut lazarus holds, bytes the disk was given
+//! (`/sys/block/*/stat`, until a `sync` after each side), lazarus's CPU
+//! seconds and peak RSS, the stored size. `runc checkpoint` of the same
+//! container is timed too, for what CRIU costs for a container.
 //!
-//! `cargo bench -p lazarus-e2e --bench checkpoint [-- --sizes 256,1024]`
+//! `cargo bench -p lazarus-e2e --bench checkpoint [-- --sizes 1024,4096 --rounds 1]`
 //! (needs `e2e/testbed/testbed.sh up`, gcc with static glibc).
 
 use std::io::{BufRead, BufReader};
@@ -55,8 +59,40 @@ mod lazarus_shim_stats {
 }
 
 struct Raw {
-    wall: Duration,
+    /// `criu dump` alone.
+    dump: Duration,
+    /// The `sync` after it.
+    sync: Duration,
     frozen_ms: Option<f64>,
+    written: u64,
+    cpu: Duration,
+}
+
+/// Sectors written by every disk so far (`/sys/block/*/stat`, field 7), in bytes.
+fn disk_written() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|t| t.split_whitespace().nth(6).and_then(|v| v.parse::<u64>().ok()))
+        .sum::<u64>()
+        * 512
+}
+
+/// CPU time (user + system) of the waited-for children so far.
+fn children_cpu() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
+    usage.map_or(Duration::ZERO, |u| {
+        let t = |tv: nix::sys::time::TimeVal| Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000);
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+fn sync_all() -> Result<Duration> {
+    let started = Instant::now();
+    ensure!(Command::new("sync").status()?.success(), "sync failed");
+    Ok(started.elapsed())
 }
 
 fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
@@ -73,32 +109,64 @@ fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
     let pid = child.id();
     let images = dir.join(format!("raw-{mib}"));
     std::fs::create_dir_all(&images)?;
+    sync_all()?;
+    let (written_before, cpu_before) = (disk_written(), children_cpu());
     let started = Instant::now();
     let out = Command::new("criu")
         .args(["dump", "--leave-running", "-t", &pid.to_string(), "-o", "dump.log", "-D"])
         .arg(&images)
         .output()?;
-    let wall = started.elapsed();
+    let dump = started.elapsed();
+    let sync = sync_all()?;
+    let (written, cpu) = (disk_written() - written_before, children_cpu().saturating_sub(cpu_before));
     let _ = child.kill();
     let _ = child.wait();
     if !out.status.success() {
         bail!("criu dump failed: {}", std::fs::read_to_string(images.join("dump.log")).unwrap_or_default());
     }
-    let result = Raw { wall, frozen_ms: frozen_ms(&images.join("stats-dump")) };
+    let result = Raw { dump, sync, frozen_ms: frozen_ms(&images.join("stats-dump")), written, cpu };
     std::fs::remove_dir_all(&images)?;
+    sync_all()?;
     Ok(result)
+}
+
+/// The peak RSS (`VmHWM`) of process `pid`, read every 10 ms until `done`.
+fn watch_peak_rss(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                && let Some(kib) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    })
 }
 
 struct Through {
     runc_wall: Duration,
     runc_frozen_ms: f64,
+    /// `lazarus checkpoint` until it returned: committed to the store.
     wall: Duration,
+    /// The `sync` after it (what it left unwritten).
+    sync: Duration,
     dump_ms: f64,
     /// CRIU's own frozen time.
     frozen_ms: f64,
     /// The whole cut lazarus holds the container frozen for: dump and writable layer.
     cut_ms: f64,
+    /// Bytes of every layer.
     size: u64,
+    layers: usize,
+    written: u64,
+    cpu: Duration,
+    peak_rss_kib: u64,
 }
 
 async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize, dir: &Path) -> Result<Through> {
@@ -145,34 +213,51 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
     std::fs::remove_dir_all(&work)?;
 
     let state = dir.join("state");
+    sync_all()?;
+    let (written_before, cpu_before) = (disk_written(), children_cpu());
     let started = Instant::now();
-    let out = Command::new(lazarus_e2e::lazarus_bin()?)
+    let child = Command::new(lazarus_e2e::lazarus_bin()?)
         .args(["checkpoint", &id, "--log-level", "info", "--upstream"])
         .arg(format!("unix://{}", bed.containerd_socket()?.display()))
         .arg("--state-dir")
         .arg(&state)
         .arg("--run-dir")
         .arg(dir.join("run"))
-        .output()?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_peak_rss(child.id(), done.clone());
+    let out = child.wait_with_output()?;
     let wall = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss_kib = watcher.join().unwrap_or(0);
+    let sync = sync_all()?;
+    let (written, cpu) = (disk_written() - written_before, children_cpu().saturating_sub(cpu_before));
     ensure!(out.status.success(), "lazarus checkpoint: {}", String::from_utf8_lossy(&out.stderr));
     if std::env::var_os("LAZARUS_BENCH_VERBOSE").is_some() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     }
     let reference = String::from_utf8(out.stdout)?;
-    let digest = reference.trim().rsplit('@').next().context("digest")?.to_owned();
+    let digest = reference.lines().next().unwrap_or_default().trim().rsplit('@').next().context("digest")?.to_owned();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("store/blobs/sha256").join(&digest[7..]))?)?;
     let number =
         |key: &str| manifest["annotations"][key].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
     let result = Through {
         runc_wall,
         runc_frozen_ms,
         wall,
+        sync,
         dump_ms: number("lazarus.dev/dump-time-ms"),
         frozen_ms: number("lazarus.dev/criu-frozen-time-us") / 1000.0,
         cut_ms: number("lazarus.dev/frozen-time-ms"),
-        size: manifest["layers"][0]["size"].as_u64().unwrap_or(0),
+        size: layers.iter().filter_map(|l| l["size"].as_u64()).sum(),
+        layers: layers.len(),
+        written,
+        cpu,
+        peak_rss_kib,
     };
     cri.sweep_test_pods().await?;
     std::fs::remove_dir_all(&state)?;
@@ -182,43 +267,54 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let sizes: Vec<usize> = args
-        .iter()
-        .position(|a| a == "--sizes")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| vec![256, 1024], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let sizes: Vec<usize> = value("--sizes")
+        .map_or_else(|| vec![1024, 4096], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+    let rounds: usize = value("--rounds").and_then(|r| r.parse().ok()).unwrap_or(1);
     let bed = Testbed::load()?;
     let dir = tempfile::tempdir_in("/var/tmp")?;
     let memhog = build_memhog(dir.path())?;
     let mut cri = Cri::connect(&bed.containerd_socket()?)?;
     lazarus_e2e::lazarus_bin()?; // built before anything is timed
     println!(
-        "checkpoint benchmark: containerd {}, CRIU {}, images on {}\n",
+        "checkpoint benchmark: containerd {}, CRIU {}, images on {}, {rounds} round(s), interleaved\n",
         bed.var("CONTAINERD_VERSION").unwrap_or("?"),
         bed.var("CRIU_VERSION").unwrap_or("?"),
         dir.path().display()
     );
     println!(
-        "| memory | criu dump, plain process: wall / frozen | runc checkpoint, same container: wall / frozen | lazarus: dump call / CRIU frozen / whole cut frozen | CRIU frozen lazarus ÷ runc | whole cut ÷ plain criu frozen | lazarus total (dump + zstd + commit) | image (zstd) |"
+        "| memory | raw: criu dump + sync (dump / sync) | lazarus: committed (+ sync after) | **wall lazarus ÷ raw** | CRIU frozen raw / lazarus | **frozen ÷ raw** | whole cut frozen | runc checkpoint: wall / frozen | disk written raw / lazarus | lazarus CPU / peak RSS | stored (layers) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for mib in sizes {
-        let raw = raw_criu(&memhog, mib, dir.path())?;
-        let through = through_lazarus(&bed, &mut cri, &memhog, mib, dir.path()).await?;
-        let raw_frozen = raw.frozen_ms.unwrap_or(f64::NAN);
-        println!(
-            "| {mib} MiB | {:.0} / {raw_frozen:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | {:.2} | {:.2} | {:.0} ms | {:.0} MiB |",
-            raw.wall.as_secs_f64() * 1000.0,
-            through.runc_wall.as_secs_f64() * 1000.0,
-            through.runc_frozen_ms,
-            through.dump_ms,
-            through.frozen_ms,
-            through.cut_ms,
-            through.frozen_ms / through.runc_frozen_ms,
-            through.cut_ms / raw_frozen,
-            through.wall.as_secs_f64() * 1000.0,
-            through.size as f64 / 1048576.0,
-        );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mib_of = |b: u64| b as f64 / 1048576.0;
+    for _ in 0..rounds {
+        for &mib in &sizes {
+            let raw = raw_criu(&memhog, mib, dir.path())?;
+            let through = through_lazarus(&bed, &mut cri, &memhog, mib, dir.path()).await?;
+            let raw_frozen = raw.frozen_ms.unwrap_or(f64::NAN);
+            let raw_wall = raw.dump + raw.sync;
+            println!(
+                "| {mib} MiB | {:.0} ms ({:.0} / {:.0}) | {:.0} ms (+{:.0}) | {:.2} | {raw_frozen:.0} / {:.0} ms | {:.2} | {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} MiB | {:.1} s / {:.1} MiB | {:.0} MiB ({}) |",
+                raw_wall.as_secs_f64() * 1000.0,
+                raw.dump.as_secs_f64() * 1000.0,
+                raw.sync.as_secs_f64() * 1000.0,
+                through.wall.as_secs_f64() * 1000.0,
+                through.sync.as_secs_f64() * 1000.0,
+                through.wall.as_secs_f64() / raw_wall.as_secs_f64(),
+                through.frozen_ms,
+                through.frozen_ms / raw_frozen,
+                through.cut_ms,
+                through.runc_wall.as_secs_f64() * 1000.0,
+                through.runc_frozen_ms,
+                mib_of(raw.written),
+                mib_of(through.written),
+                through.cpu.as_secs_f64(),
+                through.peak_rss_kib as f64 / 1024.0,
+                mib_of(through.size),
+                through.layers,
+            );
+            let _ = (through.dump_ms, raw.cpu);
+        }
     }
     Ok(())
 }
