@@ -268,8 +268,8 @@ async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let sizes: Vec<usize> = value("--sizes")
-        .map_or_else(|| vec![1024, 4096], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+    let sizes: Vec<usize> =
+        value("--sizes").map_or_else(|| vec![1024, 4096], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
     let rounds: usize = value("--rounds").and_then(|r| r.parse().ok()).unwrap_or(1);
     let bed = Testbed::load()?;
     let dir = tempfile::tempdir_in("/var/tmp")?;

@@ -18,7 +18,7 @@
 //! daemon's peak RSS during the restore is reported (VmHWM, and VmRSS
 //! sampled every 5 ms).
 //!
-//! `cargo bench -p lazarus-e2e --bench restore [-- --sizes 256,1024]`
+//! `cargo bench -p lazarus-e2e --bench restore [-- --sizes 1024,4096]`
 //! (needs `e2e/testbed/testbed.sh up`, gcc with static glibc; run as root).
 //! Pods are created in the namespace `lazarus-bench-restore` only, and only
 //! pods of that namespace are removed.
@@ -430,12 +430,13 @@ impl Bed {
         Ok(reference)
     }
 
-    /// The checkpoint's layer size (zstd) from the store's manifest.
+    /// The checkpoint's stored size (every layer) from the store's manifest.
     fn layer_size(&self, reference: &str) -> Result<u64> {
         let digest = reference.rsplit_once('@').context("reference without digest")?.1;
         let manifest = self.dir.path().join("state/store/blobs/sha256").join(digest.trim_start_matches("sha256:"));
         let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest)?)?;
-        manifest["layers"][0]["size"].as_u64().context("layer size")
+        let layers = manifest["layers"].as_array().context("layers")?;
+        Ok(layers.iter().filter_map(|l| l["size"].as_u64()).sum())
     }
 
     async fn container_pid(&mut self, id: &str) -> Result<u32> {
@@ -550,7 +551,7 @@ async fn main() -> Result<()> {
         .iter()
         .position(|a| a == "--sizes")
         .and_then(|i| args.get(i + 1))
-        .map_or_else(|| vec![256, 1024], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+        .map_or_else(|| vec![1024, 4096], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
     let testbed = Testbed::load()?;
     let dir = tempfile::tempdir_in("/var/tmp")?;
     let memhog = build_memhog(dir.path())?;

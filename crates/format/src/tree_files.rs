@@ -22,6 +22,14 @@ use crate::digest::HashingReader;
 
 /// Media type of a layer that is one file of the checkpoint tree, as it is.
 pub const MEDIA_TYPE: &str = "application/vnd.lazarus.checkpoint.file.v1";
+/// Media type of a layer that is one file of the checkpoint tree, zstd-compressed: for files
+/// that compress well ([`pays_to_compress`]), stored compressed rather than as they are.
+pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.lazarus.checkpoint.file.v1+zstd";
+/// The descriptor annotation with a compressed file's own size.
+pub const FILE_SIZE: &str = "lazarus.dev/file-size";
+/// Samples read to decide whether a file is worth compressing, and their size.
+const SAMPLES: u64 = 16;
+const SAMPLE_SIZE: usize = 64 * 1024;
 /// The descriptor annotation naming the file's path in the tree.
 pub const TITLE: &str = "org.opencontainers.image.title";
 /// Files of at least this size are stored as their own blobs.
@@ -61,6 +69,28 @@ pub fn large_files(tree: &Path, min_size: u64) -> io::Result<Vec<TreeFile>> {
     }
     found.sort_by(|a, b| a.title.cmp(&b.title));
     Ok(found)
+}
+
+/// Whether zstd at level 1 halves `file` at least, judged from [`SAMPLES`] pieces spread over it:
+/// memory full of zeros or repeated structures is stored compressed (a fraction of the disk and
+/// of the time to write it), incompressible memory as it is (compressing it would cost a pass
+/// over it for nothing).
+pub fn pays_to_compress(file: &File, size: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; SAMPLE_SIZE];
+    let (mut raw, mut compressed) = (0usize, 0usize);
+    let step = (size / SAMPLES).max(SAMPLE_SIZE as u64);
+    let mut offset = 0;
+    while offset < size {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        raw += n;
+        compressed += zstd::bulk::compress(&buf[..n], 1)?.len();
+        offset += step;
+    }
+    Ok(raw > 0 && compressed * 2 <= raw)
 }
 
 /// `tree/title`, when `title` is a plain relative path (no `..`, not absolute, not empty).
@@ -108,6 +138,35 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Tree
     move |source| TreeFileError::Io { action, path, source }
 }
 
+/// Puts a compressed stored file (media type [`MEDIA_TYPE_ZSTD`]) at `tree/title`: decompressed
+/// while its digest (of the compressed blob) is checked; nothing is left behind if it does not match.
+pub fn unpack_in_place(blob: &Path, digest: &str, title: &str, tree: &Path) -> Result<PathBuf, TreeFileError> {
+    let dest = place(tree, title)
+        .ok_or_else(|| TreeFileError::Title { digest: digest.to_owned(), title: title.to_owned() })?;
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_error("creating", parent))?;
+    }
+    let file = File::open(blob).map_err(io_error("opening", blob))?;
+    let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
+    let written = (|| {
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&dest)?);
+        let mut decoder = zstd::stream::read::Decoder::new(&mut hashing)?;
+        io::copy(&mut decoder, &mut out)?;
+        out.flush()
+    })();
+    let drained = io::copy(&mut hashing, &mut io::sink());
+    let actual = hashing.into_digester().oci();
+    if actual != digest || written.is_err() || drained.is_err() {
+        let _ = fs::remove_file(&dest);
+    }
+    if actual != digest {
+        return Err(TreeFileError::Damaged { digest: digest.to_owned(), title: title.to_owned(), actual });
+    }
+    written.map_err(io_error("decompressing into", &dest))?;
+    drained.map_err(io_error("reading", blob))?;
+    Ok(dest)
+}
+
 /// Checks that the blob at `blob` has `digest` (sha256 of its content), then makes it
 /// `tree/title`: a hard link (no copy: the store's file is read-only from here on, CRIU only reads
 /// its images), or a copy where the two are on different filesystems.
@@ -143,8 +202,10 @@ pub struct StoredFile {
     pub digest: String,
     /// Its blob, open.
     pub file: File,
-    /// Its size.
+    /// The file's size (not the blob's, when compressed).
     pub size: u64,
+    /// Whether the blob is zstd-compressed ([`MEDIA_TYPE_ZSTD`]).
+    pub compressed: bool,
 }
 
 /// The whole tree as one tar (checkpointctl's layout): the entries of `archive` (the first
@@ -178,8 +239,14 @@ pub fn write_tree_tar(
         header.set_size(stored.size);
         header.set_mode(0o600);
         header.set_mtime(0);
-        let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, stored.file).take(stored.size));
-        builder.append_data(&mut header, &stored.title, &mut hashing)?;
+        let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, stored.file));
+        if stored.compressed {
+            let decoder = zstd::stream::read::Decoder::new(&mut hashing)?;
+            builder.append_data(&mut header, &stored.title, exactly(decoder, stored.size))?;
+        } else {
+            builder.append_data(&mut header, &stored.title, exactly(&mut hashing, stored.size))?;
+        }
+        io::copy(&mut hashing, &mut io::sink())?;
         let actual = hashing.into_digester().oci();
         if actual != stored.digest {
             damaged.push((stored.title, actual));
@@ -187,6 +254,25 @@ pub fn write_tree_tar(
     }
     builder.into_inner()?.flush()?;
     Ok(damaged)
+}
+
+/// `size` bytes of `inner`: fewer is an error (a tar entry must hold what its header says).
+fn exactly(inner: impl Read, size: u64) -> impl Read {
+    struct Exactly<R> {
+        inner: io::Take<R>,
+        left: u64,
+    }
+    impl<R: Read> Read for Exactly<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            if n == 0 && self.left > 0 && !buf.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a stored file is shorter than its size"));
+            }
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+    Exactly { inner: inner.take(size), left: size }
 }
 
 #[cfg(test)]
@@ -231,6 +317,37 @@ mod tests {
     }
 
     #[test]
+    fn compressible_files_are_told_from_incompressible_ones_and_come_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zeros = dir.path().join("zeros");
+        fs::write(&zeros, vec![0u8; 4 << 20]).expect("write");
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..(4 << 20) / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        let random = dir.path().join("random");
+        fs::write(&random, &noise).expect("write");
+        let open = |p: &Path| File::open(p).expect("open");
+        assert!(pays_to_compress(&open(&zeros), 4 << 20).expect("sample"));
+        assert!(!pays_to_compress(&open(&random), 4 << 20).expect("sample"));
+        let blob = dir.path().join("blob");
+        let packed = zstd::encode_all(&noise[..1000], 1).expect("zstd");
+        fs::write(&blob, &packed).expect("write");
+        let digest = format!("sha256:{}", crate::digest::sha256_hex(&packed));
+        let tree = dir.path().join("tree");
+        let placed = unpack_in_place(&blob, &digest, "checkpoint/pages-1.img", &tree).expect("unpacked");
+        assert_eq!(fs::read(placed).expect("read"), &noise[..1000]);
+        let err = unpack_in_place(&blob, "sha256:00", "checkpoint/pages-2.img", &tree).expect_err("damaged");
+        assert!(matches!(err, TreeFileError::Damaged { .. }), "{err}");
+        assert!(!tree.join("checkpoint/pages-2.img").exists(), "nothing left behind");
+    }
+
+    #[test]
     fn the_tree_tar_holds_the_archive_and_the_files_and_names_damage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut small = tar::Builder::new(Vec::new());
@@ -251,6 +368,7 @@ mod tests {
             digest: digest.into(),
             file: File::open(&blob).expect("open"),
             size: 5,
+            compressed: false,
         };
         let good = format!("sha256:{}", crate::digest::sha256_hex(b"pages"));
         let mut out = Vec::new();

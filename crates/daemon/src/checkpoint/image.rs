@@ -76,7 +76,17 @@ pub fn write_stored_tree(store: &Store, manifest: &ImageManifest, out: impl Writ
         })?;
         let path = store.blob_path(&digest)?;
         let blob = File::open(&path).map_err(io("opening", &path))?;
-        stored.push(tree_files::StoredFile { title, digest, file: blob, size: file.size() });
+        let compressed = file.media_type().to_string() == tree_files::MEDIA_TYPE_ZSTD;
+        let size = if compressed {
+            let annotated = file.annotations().as_ref().and_then(|a| a.get(tree_files::FILE_SIZE));
+            annotated.and_then(|v| v.parse().ok()).ok_or_else(|| PackageError::Oci {
+                what: "manifest",
+                reason: format!("layer {digest} has no {}", tree_files::FILE_SIZE),
+            })?
+        } else {
+            file.size()
+        };
+        stored.push(tree_files::StoredFile { title, digest, file: blob, size, compressed });
     }
     let expected = layer.digest().to_string();
     let path = store.blob_path(&expected)?;
@@ -262,7 +272,9 @@ pub fn package(
             RootFsBuilder::default()
                 .typ("layers")
                 .diff_ids(
-                    std::iter::once(diff_id).chain(adopted.iter().map(|(_, b)| b.digest.clone())).collect::<Vec<_>>(),
+                    std::iter::once(diff_id)
+                        .chain(adopted.iter().map(|(_, s)| s.blob.digest.clone()))
+                        .collect::<Vec<_>>(),
                 )
                 .build()
                 .map_err(oci("rootfs"))?,
@@ -299,13 +311,20 @@ pub fn package(
                     .build()
                     .map_err(oci("layer descriptor"))?,
             ];
-            for (file, blob) in &adopted {
+            for (file, stored) in &adopted {
+                let mut annotations = HashMap::from([(tree_files::TITLE.to_owned(), file.title.clone())]);
+                let media = if stored.compressed {
+                    annotations.insert(tree_files::FILE_SIZE.to_owned(), file.size.to_string());
+                    tree_files::MEDIA_TYPE_ZSTD
+                } else {
+                    tree_files::MEDIA_TYPE
+                };
                 layers.push(
                     DescriptorBuilder::default()
-                        .media_type(MediaType::Other(tree_files::MEDIA_TYPE.to_owned()))
-                        .digest(digest(&blob.digest)?)
-                        .size(blob.size)
-                        .annotations(HashMap::from([(tree_files::TITLE.to_owned(), file.title.clone())]))
+                        .media_type(MediaType::Other(media.to_owned()))
+                        .digest(digest(&stored.blob.digest)?)
+                        .size(stored.blob.size)
+                        .annotations(annotations)
                         .build()
                         .map_err(oci("file layer descriptor"))?,
                 );
@@ -316,10 +335,41 @@ pub fn package(
         .build()
         .map_err(oci("manifest"))?;
     let manifest = manifest.to_string().map_err(oci("manifest"))?.into_bytes();
-    let layer_size = layer.size + adopted.iter().map(|(_, b)| b.size).sum::<u64>();
+    let layer_size = layer.size + adopted.iter().map(|(_, s)| s.blob.size).sum::<u64>();
     let mut blobs = vec![layer, config_blob];
-    blobs.extend(adopted.into_iter().map(|(_, b)| b));
+    blobs.extend(adopted.into_iter().map(|(_, s)| s.blob));
     Ok(Packaged { manifest, layer_size, blobs })
+}
+
+/// How a large file went into the store.
+#[derive(Debug)]
+struct StoredAs {
+    blob: lazarus_store::BlobInfo,
+    /// zstd-compressed (it paid), rather than the file as it is.
+    compressed: bool,
+}
+
+/// One large file into the store: as it is (moved, no copy), or — when
+/// sampling says zstd halves it at least — compressed at level 1.
+fn store_file(store: &Store, file: &tree_files::TreeFile) -> Result<StoredAs, PackageError> {
+    let io = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| PackageError::Io { action, path, source }
+    };
+    let opened = File::open(&file.path).map_err(io("opening", &file.path))?;
+    if !tree_files::pays_to_compress(&opened, file.size).map_err(io("sampling", &file.path))? {
+        drop(opened);
+        return Ok(StoredAs { blob: store.adopt_file(&file.path)?, compressed: false });
+    }
+    let blob = store.write_blob_streamed(|out| {
+        let mut encoder = zstd::stream::write::Encoder::new(out, 1)?;
+        encoder.multithread(2)?;
+        std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &opened), &mut encoder)?;
+        encoder.finish()?;
+        Ok(())
+    })?;
+    std::fs::remove_file(&file.path).map_err(io("removing", &file.path))?;
+    Ok(StoredAs { blob, compressed: true })
 }
 
 /// Moves the large files into the store (hashed while they are synced to
@@ -327,26 +377,25 @@ pub fn package(
 fn adopt_all(
     store: &Store,
     large: &[tree_files::TreeFile],
-) -> Result<Vec<(tree_files::TreeFile, lazarus_store::BlobInfo)>, PackageError> {
+) -> Result<Vec<(tree_files::TreeFile, StoredAs)>, PackageError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Vec<(usize, Result<lazarus_store::BlobInfo, lazarus_store::StoreError>)>> =
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..large.len().min(2))
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(file) = large.get(i) else { break };
-                            done.push((i, store.adopt_file(&file.path)));
-                        }
-                        done
-                    })
+    let results: Vec<Vec<(usize, Result<StoredAs, PackageError>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..large.len().min(2))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = large.get(i) else { break };
+                        done.push((i, store_file(store, file)));
+                    }
+                    done
                 })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
-        });
-    let mut adopted: Vec<(usize, lazarus_store::BlobInfo)> = Vec::with_capacity(large.len());
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+    });
+    let mut adopted: Vec<(usize, StoredAs)> = Vec::with_capacity(large.len());
     for (i, result) in results.into_iter().flatten() {
         adopted.push((i, result?));
     }

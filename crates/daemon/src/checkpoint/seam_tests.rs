@@ -579,14 +579,27 @@ async fn a_failed_dump_of_one_container_fails_the_whole_cut_and_thaws_every_cont
     assert!(bed.engine.store().list().expect("list").is_empty(), "nothing of the cut committed");
 }
 
-/// Writes what CRIU leaves for a process with 2 MiB of memory: a pages file
-/// large enough to be stored as it is.
+/// 2 MiB of incompressible memory (xorshift), as CRIU would write it.
+fn noise() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..(2 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+/// Writes what CRIU leaves for two processes with 2 MiB of memory each, one
+/// incompressible, one all zeros: pages files large enough to be blobs of their own.
 fn dump_leaves_large_pages(bed: &Bed) {
     bed.fake.script(|s| {
         s.dump_hook = Some(Arc::new(|options| {
             let images = std::path::Path::new(&options.image_path);
-            let pages: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
-            std::fs::write(images.join("pages-1.img"), pages).expect("image");
+            std::fs::write(images.join("pages-1.img"), noise()).expect("image");
+            std::fs::write(images.join("pages-2.img"), vec![0u8; 2 << 20]).expect("image");
             std::fs::write(images.join("inventory.img"), b"inventory").expect("image");
         }));
     });
@@ -622,15 +635,20 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     let engine = bed.engine.clone().with_upperdir(&upper);
     let taken = engine.checkpoint("c1", None).await.expect("checkpoint");
     let manifest = stored_manifest(&engine, &taken.digest);
-    let [archive, pages] = manifest.layers().as_slice() else { panic!("two layers: {:?}", manifest.layers()) };
+    let [archive, pages, zeros] = manifest.layers().as_slice() else { panic!("three layers: {:?}", manifest.layers()) };
     assert_eq!(archive.media_type(), &oci_spec::image::MediaType::ImageLayerZstd);
-    assert_eq!(pages.media_type().to_string(), lazarus_format::tree_files::MEDIA_TYPE);
-    let title = pages.annotations().as_ref().and_then(|a| a.get(lazarus_format::tree_files::TITLE)).cloned();
-    assert_eq!(title.as_deref(), Some("checkpoint/pages-1.img"));
+    assert_eq!(pages.media_type().to_string(), lazarus_format::tree_files::MEDIA_TYPE, "incompressible: as it is");
+    assert_eq!(zeros.media_type().to_string(), lazarus_format::tree_files::MEDIA_TYPE_ZSTD, "compressible: compressed");
+    let title = |d: &oci_spec::image::Descriptor| {
+        d.annotations().as_ref().and_then(|a| a.get(lazarus_format::tree_files::TITLE)).cloned()
+    };
+    assert_eq!(title(pages).as_deref(), Some("checkpoint/pages-1.img"));
+    assert_eq!(title(zeros).as_deref(), Some("checkpoint/pages-2.img"));
     assert_eq!(pages.size(), 2 << 20);
-    assert_eq!(taken.size, archive.size() + pages.size(), "the checkpoint's size counts every layer");
+    assert!(zeros.size() < 64 << 10, "2 MiB of zeros stored in {} bytes", zeros.size());
+    assert_eq!(taken.size, archive.size() + pages.size() + zeros.size(), "the checkpoint's size counts every layer");
     let blob = engine.store().blob_path(pages.digest().as_ref()).expect("blob");
-    let expected: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let expected = noise();
     assert_eq!(std::fs::read(&blob).expect("blob"), expected, "the file CRIU wrote, as it is");
     let small =
         tar_entries(&std::fs::read(engine.store().blob_path(archive.digest().as_ref()).expect("p")).expect("r"));
@@ -651,6 +669,7 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     let placed = plan.join("tree").join("checkpoint").join("pages-1.img");
     assert_eq!(std::fs::metadata(&placed).expect("placed").ino(), std::fs::metadata(&blob).expect("blob").ino());
     assert_eq!(std::fs::read(plan.join("tree/checkpoint/inventory.img")).expect("small image"), b"inventory");
+    assert_eq!(std::fs::read(plan.join("tree/checkpoint/pages-2.img")).expect("decompressed"), vec![0u8; 2 << 20]);
 
     // Leaving the node: one tar of the whole tree.
     let exported = bed.dir.path().join("exported.tar");
@@ -662,6 +681,7 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
         |entries: &[(String, Vec<u8>)], name: &str| entries.iter().find(|(p, _)| p == name).map(|(_, d)| d.clone());
     assert_eq!(find(&entries, "checkpoint/pages-1.img").as_deref(), Some(&expected[..]));
     assert_eq!(find(&entries, "checkpoint/inventory.img").as_deref(), Some(&b"inventory"[..]));
+    assert_eq!(find(&entries, "checkpoint/pages-2.img"), Some(vec![0u8; 2 << 20]));
     let compatible = super::image::compatible(engine.store(), &taken.digest, Compression::Zstd)
         .expect("convert")
         .expect("two layers: converted");

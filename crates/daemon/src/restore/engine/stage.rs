@@ -240,7 +240,11 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             let Some((layer, files)) = manifest.layers().split_first() else {
                 return Err(corrupt("the manifest has no layer".to_owned()));
             };
-            if let Some(other) = files.iter().find(|f| f.media_type().to_string() != tree_files::MEDIA_TYPE) {
+            let known = |f: &&oci_spec::image::Descriptor| {
+                let media = f.media_type().to_string();
+                media == tree_files::MEDIA_TYPE || media == tree_files::MEDIA_TYPE_ZSTD
+            };
+            if let Some(other) = files.iter().find(|f| !known(f)) {
                 return Err(corrupt(format!(
                     "layer {} has media type {}, expected {}",
                     other.digest(),
@@ -269,7 +273,8 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
 }
 
 /// The checkpoint's large files, each checked against its digest and hard-linked
-/// from the store into `tree` (no copy), two at a time. Returns (files, bytes).
+/// from the store into `tree` (no copy; a compressed one is decompressed), two
+/// at a time. Returns (files, bytes).
 fn place_files(store: &Store, files: &[oci_spec::image::Descriptor], tree: &Path) -> Result<(u64, u64), String> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: Vec<Result<u64, String>> = std::thread::scope(|scope| {
@@ -300,6 +305,7 @@ fn place_files(store: &Store, files: &[oci_spec::image::Descriptor], tree: &Path
     Ok((files.len() as u64, bytes))
 }
 
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::stage)")]
 fn place_file(store: &Store, descriptor: &oci_spec::image::Descriptor, tree: &Path) -> Result<u64, String> {
     let digest = descriptor.digest().to_string();
     let title = descriptor
@@ -308,6 +314,10 @@ fn place_file(store: &Store, descriptor: &oci_spec::image::Descriptor, tree: &Pa
         .and_then(|a| a.get(tree_files::TITLE))
         .ok_or_else(|| format!("layer {digest} has no {} annotation", tree_files::TITLE))?;
     let blob = store.blob_path(&digest).map_err(|e| format!("layer {digest} ({title}): {e}"))?;
+    if descriptor.media_type().to_string() == tree_files::MEDIA_TYPE_ZSTD {
+        let placed = tree_files::unpack_in_place(&blob, &digest, title, tree).map_err(|e| e.to_string())?;
+        return std::fs::metadata(&placed).map(|m| m.len()).map_err(|e| format!("{}: {e}", placed.display()));
+    }
     tree_files::put_in_place(&blob, &digest, title, tree).map_err(|e| e.to_string())?;
     Ok(descriptor.size())
 }
