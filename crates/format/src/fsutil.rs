@@ -49,6 +49,44 @@ pub fn find_executable(name: &str, path: &OsStr, accept: impl Fn(&Path) -> bool)
     })
 }
 
+/// `work` applied to every item on up to `workers` threads (blocking file work — hashing,
+/// linking, compressing — one file per thread), the results in the order of `items`. A worker
+/// that panics yields `panicked()` for every item it took.
+pub fn on_workers<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    work: impl Fn(&T) -> R + Sync,
+    panicked: impl Fn() -> R,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..items.len().min(workers.max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, work(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(items.len());
+    let mut results = done.into_iter().peekable();
+    for i in 0..items.len() {
+        match results.next_if(|(j, _)| *j == i) {
+            Some((_, result)) => out.push(result),
+            None => out.push(panicked()),
+        }
+    }
+    out
+}
+
 /// `5.0 MiB`, `512 B`: sizes in messages.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -64,6 +102,15 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_on_threads_keeps_the_order_and_names_a_panic() {
+        let items: Vec<u32> = (0..20).collect();
+        assert_eq!(on_workers(&items, 2, |n| n * 2, || u32::MAX), items.iter().map(|n| n * 2).collect::<Vec<_>>());
+        let out = on_workers(&[1, 2, 3], 1, |n| if *n == 2 { panic!("boom") } else { *n }, || 0);
+        assert_eq!(out, [0, 0, 0], "every item of the worker that panicked");
+        assert!(on_workers(&[] as &[u32], 2, |n| *n, || 0).is_empty());
+    }
 
     #[test]
     fn sizes_read_like_sizes() {

@@ -378,36 +378,19 @@ fn adopt_all(
     store: &Store,
     large: &[tree_files::TreeFile],
 ) -> Result<Vec<(tree_files::TreeFile, StoredAs)>, PackageError> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Vec<(usize, Result<StoredAs, PackageError>)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..large.len().min(2))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(file) = large.get(i) else { break };
-                        done.push((i, store_file(store, file)));
-                    }
-                    done
-                })
+    let stored = lazarus_format::fsutil::on_workers(
+        large,
+        2,
+        |file| store_file(store, file),
+        || {
+            Err(PackageError::Io {
+                action: "storing",
+                path: large.first().map(|f| f.path.clone()).unwrap_or_default(),
+                source: std::io::Error::other("a worker storing the checkpoint's large files panicked"),
             })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
-    });
-    let mut adopted: Vec<(usize, StoredAs)> = Vec::with_capacity(large.len());
-    for (i, result) in results.into_iter().flatten() {
-        adopted.push((i, result?));
-    }
-    if adopted.len() != large.len() {
-        return Err(PackageError::Io {
-            action: "storing",
-            path: large.first().map(|f| f.path.clone()).unwrap_or_default(),
-            source: std::io::Error::other("a worker storing the checkpoint's large files panicked"),
-        });
-    }
-    adopted.sort_by_key(|(i, _)| *i);
-    Ok(adopted.into_iter().map(|(i, blob)| (large[i].clone(), blob)).collect())
+        },
+    );
+    large.iter().cloned().zip(stored).map(|(file, stored)| stored.map(|s| (file, s))).collect()
 }
 
 fn labels_with_created(annotations: &BTreeMap<String, String>, created: &str) -> HashMap<String, String> {

@@ -276,30 +276,14 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
 /// from the store into `tree` (no copy; a compressed one is decompressed), two
 /// at a time. Returns (files, bytes).
 fn place_files(store: &Store, files: &[oci_spec::image::Descriptor], tree: &Path) -> Result<(u64, u64), String> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<Result<u64, String>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..files.len().min(2))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(descriptor) = files.get(i) else { break };
-                        done.push(place_file(store, descriptor, tree));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| {
-                w.join().unwrap_or_else(|_| vec![Err("a worker placing the checkpoint's files panicked".to_owned())])
-            })
-            .collect()
-    });
+    let placed = lazarus_format::fsutil::on_workers(
+        files,
+        2,
+        |d| place_file(store, d, tree),
+        || Err("a worker placing the checkpoint's files panicked".to_owned()),
+    );
     let mut bytes = 0;
-    for outcome in outcomes {
+    for outcome in placed {
         bytes += outcome?;
     }
     Ok((files.len() as u64, bytes))
