@@ -1,6 +1,7 @@
 /*
  * memhog: holds N MiB of incompressible anonymous memory, prints "ready",
- * then sleeps. The process the checkpoint benchmark dumps, both as a plain
+ * then sleeps. `memhog N compressible` fills it with each page's number
+ * instead (every page touched, different, and compressing to almost nothing). The process the checkpoint benchmark dumps, both as a plain
  * host process (raw criu) and inside a container (through lazarus).
  * Build: gcc -O2 -static -o memhog memhog.c
  */
@@ -19,6 +20,14 @@ int main(int argc, char **argv)
 	if (!memory) {
 		perror("malloc");
 		return 1;
+	}
+	if (argc > 2 && argv[2][0] == 'c') {
+		for (size_t i = 0; i < words; i++)
+			memory[i] = i / 512;
+		printf("ready %zu MiB compressible\n", mib);
+		fflush(stdout);
+		for (;;)
+			pause();
 	}
 	/* xorshift64: incompressible, and every page is touched. */
 	for (size_t i = 0; i < words; i++) {

@@ -9,7 +9,7 @@
 //! seconds and peak RSS, the stored size. `runc checkpoint` of the same
 //! container is timed too, for what CRIU costs for a container.
 //!
-//! `cargo bench -p lazarus-e2e --bench checkpoint [-- --sizes 1024,4096 --rounds 1]`
+//! `cargo bench -p lazarus-e2e --bench checkpoint [-- --sizes 1024,4096 --rounds 1 --memory compressible]`
 //! (needs `e2e/testbed/testbed.sh up`, gcc with static glibc).
 
 use std::io::{BufRead, BufReader};
@@ -95,10 +95,11 @@ fn sync_all() -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
+fn raw_criu(memhog: &Path, mib: usize, memory: &str, dir: &Path) -> Result<Raw> {
     let mut child = Command::new("setsid")
         .arg(memhog)
         .arg(mib.to_string())
+        .arg(memory)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -169,14 +170,20 @@ struct Through {
     peak_rss_kib: u64,
 }
 
-async fn through_lazarus(bed: &Testbed, cri: &mut Cri, memhog: &Path, mib: usize, dir: &Path) -> Result<Through> {
+async fn through_lazarus(
+    bed: &Testbed,
+    cri: &mut Cri,
+    memhog: &Path,
+    (mib, memory): (usize, &str),
+    dir: &Path,
+) -> Result<Through> {
     cri.sweep_test_pods().await?;
     let logs = dir.join(format!("pods-{mib}"));
     let pod = pod_config(&format!("memhog-{mib}"), "lazarus-bench", &logs, &[]);
     let pod_id = cri.run_pod(&pod).await?;
     let image = bed.workload_image()?.to_owned();
     cri.pull(&image, &pod).await?;
-    let mut config = container_config(&pod, "memhog", &image, &["/memhog", &mib.to_string()]);
+    let mut config = container_config(&pod, "memhog", &image, &["/memhog", &mib.to_string(), memory]);
     config.mounts.push(v1::Mount {
         container_path: "/memhog".into(),
         host_path: memhog.display().to_string(),
@@ -271,13 +278,15 @@ async fn main() -> Result<()> {
     let sizes: Vec<usize> =
         value("--sizes").map_or_else(|| vec![1024, 4096], |s| s.split(',').filter_map(|n| n.parse().ok()).collect());
     let rounds: usize = value("--rounds").and_then(|r| r.parse().ok()).unwrap_or(1);
+    // `incompressible` (xorshift) or `compressible` (each page's number).
+    let memory = value("--memory").unwrap_or_else(|| "incompressible".to_owned());
     let bed = Testbed::load()?;
     let dir = tempfile::tempdir_in("/var/tmp")?;
     let memhog = build_memhog(dir.path())?;
     let mut cri = Cri::connect(&bed.containerd_socket()?)?;
     lazarus_e2e::lazarus_bin()?; // built before anything is timed
     println!(
-        "checkpoint benchmark: containerd {}, CRIU {}, images on {}, {rounds} round(s), interleaved\n",
+        "checkpoint benchmark: containerd {}, CRIU {}, images on {}, {rounds} round(s), interleaved, {memory} memory\n",
         bed.var("CONTAINERD_VERSION").unwrap_or("?"),
         bed.var("CRIU_VERSION").unwrap_or("?"),
         dir.path().display()
@@ -289,8 +298,8 @@ async fn main() -> Result<()> {
     let mib_of = |b: u64| b as f64 / 1048576.0;
     for _ in 0..rounds {
         for &mib in &sizes {
-            let raw = raw_criu(&memhog, mib, dir.path())?;
-            let through = through_lazarus(&bed, &mut cri, &memhog, mib, dir.path()).await?;
+            let raw = raw_criu(&memhog, mib, &memory, dir.path())?;
+            let through = through_lazarus(&bed, &mut cri, &memhog, (mib, &memory), dir.path()).await?;
             let raw_frozen = raw.frozen_ms.unwrap_or(f64::NAN);
             let raw_wall = raw.dump + raw.sync;
             println!(

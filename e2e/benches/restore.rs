@@ -1,4 +1,4 @@
-//! Restore cost: for processes holding 256 MiB and 1 GiB of incompressible
+//! Restore cost: for processes holding 1 GiB and 4 GiB of incompressible
 //! memory, in one run, side by side:
 //!
 //! 1. raw `criu restore -d` of a plain host process dumped with `criu dump`
@@ -12,6 +12,9 @@
 //!    (resolve, verify, unpack, checks) and `StartContainer` (the wrapper's
 //!    `runc restore`) are timed separately. A fresh start of the same
 //!    container is timed for context.
+//!
+//! The page cache is synced and dropped before each side restores: every one
+//! reads its images from the disk (the same state for all three).
 //!
 //! Every restored process is checked: it runs, and its memory is the exact
 //! xorshift sequence memhog wrote (read back through `/proc/PID/mem`). The
@@ -178,6 +181,13 @@ struct Raw {
 
 /// Reference 1: `criu dump` (not leave-running) of a plain host process, then
 /// `criu restore -d` from the images.
+/// Every side restores from a cold page cache: dirty pages written, then the
+/// clean ones dropped, so no side reads its images from memory another left.
+fn drop_page_cache() -> Result<()> {
+    ensure!(Command::new("sync").status()?.success(), "sync failed");
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")
+}
+
 fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
     let mut command = Command::new("setsid");
     command.arg(memhog).arg(mib.to_string());
@@ -197,6 +207,7 @@ fn raw_criu(memhog: &Path, mib: usize, dir: &Path) -> Result<Raw> {
     child.wait()?; // reaped: its pid is free for the restore
     let size = tree_size(&images);
     let pidfile = dir.join(format!("raw-{mib}.pid"));
+    drop_page_cache()?;
     let started = Instant::now();
     let out = Command::new("criu")
         .args(["restore", "-d", "-o", "restore.log", "--pidfile"])
@@ -271,6 +282,7 @@ fn runc_restore(runc: &str, memhog: &Path, mib: usize, dir: &Path) -> Result<Run
     // pipe: a pipe again, whose read end is kept (not read to its end, which
     // would wait for the restored process) until the container is deleted.
     let runc_log = dir.join(format!("runc-restore-{mib}.log"));
+    drop_page_cache()?;
     let started = Instant::now();
     let mut restoring = runc_cmd(&["restore", "--detach", "--image-path"])
         .arg(&images)
@@ -493,6 +505,7 @@ impl Bed {
                 }
             })
         };
+        drop_page_cache()?;
         let started = Instant::now();
         let id = self.create(&restored_id, &restored, mib).await?;
         let create = started.elapsed();
