@@ -133,14 +133,7 @@ pub fn compatible(
     }
     let mut diff_id = String::new();
     let layer = store.write_blob_streamed(|out| {
-        let compressed: Box<dyn Write + '_> = match compression {
-            Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
-                encoder.multithread(2)?;
-                Box::new(encoder.auto_finish())
-            }
-            Compression::Gzip => Box::new(flate2::write::GzEncoder::new(out, flate2::Compression::fast())),
-        };
+        let compressed = compressor(out, compression)?;
         let mut hashing = HashingWriter::new(compressed);
         write_stored_tree(store, &manifest, &mut hashing).map_err(std::io::Error::other)?;
         let (digester, mut compressed) = hashing.finish();
@@ -156,28 +149,9 @@ pub fn compatible(
     rootfs.set_diff_ids(vec![diff_id]);
     config.set_rootfs(rootfs);
     let config_blob = store.write_blob_bytes(&config.to_string().map_err(oci("image config"))?.into_bytes())?;
-    let digest = |d: &str| Digest::from_str(d).map_err(|e| PackageError::Oci { what: "digest", reason: e.to_string() });
-    let media = match compression {
-        Compression::Zstd => MediaType::ImageLayerZstd,
-        Compression::Gzip => MediaType::ImageLayerGzip,
-    };
     let mut converted = manifest.clone();
-    converted.set_config(
-        DescriptorBuilder::default()
-            .media_type(MediaType::ImageConfig)
-            .digest(digest(&config_blob.digest)?)
-            .size(config_blob.size)
-            .build()
-            .map_err(oci("config descriptor"))?,
-    );
-    converted.set_layers(vec![
-        DescriptorBuilder::default()
-            .media_type(media)
-            .digest(digest(&layer.digest)?)
-            .size(layer.size)
-            .build()
-            .map_err(oci("layer descriptor"))?,
-    ]);
+    converted.set_config(config_blob.descriptor(MediaType::ImageConfig));
+    converted.set_layers(vec![layer.descriptor(layer_media_type(compression))]);
     let manifest_blob = store.write_blob_bytes(&converted.to_string().map_err(oci("manifest"))?.into_bytes())?;
     Ok(Some(Compatible {
         manifest_digest: manifest_blob.digest.clone(),
@@ -198,6 +172,27 @@ pub struct Packaged {
     pub blobs: Vec<lazarus_store::BlobInfo>,
 }
 
+/// A layer's compressor over `out`: zstd level 3 on two threads (the container
+/// is running again, the node is not ours alone), or gzip. Finished when dropped.
+fn compressor<'a>(out: impl Write + 'a, compression: Compression) -> std::io::Result<Box<dyn Write + 'a>> {
+    Ok(match compression {
+        Compression::Zstd => {
+            let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+            encoder.multithread(2)?;
+            Box::new(encoder.auto_finish())
+        }
+        Compression::Gzip => Box::new(flate2::write::GzEncoder::new(out, flate2::Compression::fast())),
+    })
+}
+
+/// The media type of a layer compressed with `compression`.
+fn layer_media_type(compression: Compression) -> MediaType {
+    match compression {
+        Compression::Zstd => MediaType::ImageLayerZstd,
+        Compression::Gzip => MediaType::ImageLayerGzip,
+    }
+}
+
 /// Writes the tree at `tree` as a compressed tar to `layer_path`; returns the
 /// uncompressed digest (the image's diff id).
 fn write_layer(tree: &Path, layer_path: &Path, compression: Compression) -> Result<String, PackageError> {
@@ -206,16 +201,7 @@ fn write_layer(tree: &Path, layer_path: &Path, compression: Compression) -> Resu
         move |source| PackageError::Io { action, path, source }
     };
     let file = File::create(layer_path).map_err(io("creating", layer_path))?;
-    let compressed: Box<dyn Write> = match compression {
-        Compression::Zstd => {
-            let mut encoder =
-                zstd::stream::write::Encoder::new(BufWriter::new(file), 3).map_err(io("compressing", layer_path))?;
-            // Two threads: the container is running again, the node is not ours alone.
-            encoder.multithread(2).map_err(io("compressing", layer_path))?;
-            Box::new(encoder.auto_finish())
-        }
-        Compression::Gzip => Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast())),
-    };
+    let compressed = compressor(BufWriter::new(file), compression).map_err(io("compressing", layer_path))?;
     let mut tar = tar::Builder::new(HashingWriter::new(compressed));
     tar.follow_symlinks(false);
     let mut names: Vec<_> =
@@ -285,10 +271,7 @@ pub fn package(
     let config_blob = store.write_blob_bytes(&config_bytes)?;
 
     let digest = |d: &str| Digest::from_str(d).map_err(|e| PackageError::Oci { what: "digest", reason: e.to_string() });
-    let layer_media = match compression {
-        Compression::Zstd => MediaType::ImageLayerZstd,
-        Compression::Gzip => MediaType::ImageLayerGzip,
-    };
+    let layer_media = layer_media_type(compression);
     let mut manifest_annotations: HashMap<String, String> = labels_with_created(annotations, created);
     manifest_annotations.shrink_to_fit();
     let manifest = ImageManifestBuilder::default()
@@ -319,15 +302,9 @@ pub fn package(
                 } else {
                     tree_files::MEDIA_TYPE
                 };
-                layers.push(
-                    DescriptorBuilder::default()
-                        .media_type(MediaType::Other(media.to_owned()))
-                        .digest(digest(&stored.blob.digest)?)
-                        .size(stored.blob.size)
-                        .annotations(annotations)
-                        .build()
-                        .map_err(oci("file layer descriptor"))?,
-                );
+                let mut descriptor = stored.blob.descriptor(MediaType::Other(media.to_owned()));
+                descriptor.set_annotations(Some(annotations));
+                layers.push(descriptor);
             }
             layers
         })
