@@ -309,29 +309,7 @@ async fn a_checkpoint_is_committed_pruned_to_keep_and_restorable_by_latest() {
 
     // What was committed restores: `latest` stages the newest one, with the
     // images CRIU left and the writable layer.
-    let runtime = FakeRuntime::new();
-    runtime.script(|s| {
-        s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
-            status: Some(v1::PodSandboxStatus { runtime_handler: "lazarus".into(), ..Default::default() }),
-            ..Default::default()
-        }));
-        s.image_status.always(Ok(v1::ImageStatusResponse {
-            image: Some(v1::Image { id: format!("sha256:{}", "a".repeat(64)), ..Default::default() }),
-            ..Default::default()
-        }));
-    });
-    let config = crate::restore::RestorerConfig {
-        restore_dir: bed.dir.path().join("restore"),
-        runtime_handler: "lazarus".into(),
-        allowed_registries: Vec::new(),
-        allowed_dirs: Vec::new(),
-        cross_namespace_sources: Vec::new(),
-        failures_file: bed.dir.path().join("restore-failures.json"),
-        failure_expiry: std::time::Duration::from_secs(3600),
-    };
-    let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
-    let restorer =
-        crate::restore::Restorer::new(runtime.clone(), engine.store().clone(), config, registry).expect("restorer");
+    let (restorer, runtime) = restorer_and_runtime(&bed, &engine);
     let request = v1::CreateContainerRequest {
         pod_sandbox_id: "sb1".into(),
         config: Some(v1::ContainerConfig {
@@ -423,6 +401,11 @@ async fn cut_of_app_and_db(bed: &Bed, engine: &Checkpointer) -> Result<super::ca
 
 /// A restore engine over `engine`'s store; the new pods run with lazarus's handler.
 fn restorer_over(bed: &Bed, engine: &Checkpointer) -> crate::restore::Restorer {
+    restorer_and_runtime(bed, engine).0
+}
+
+/// [`restorer_over`] and the fake runtime it asks.
+fn restorer_and_runtime(bed: &Bed, engine: &Checkpointer) -> (crate::restore::Restorer, Arc<FakeRuntime>) {
     let runtime = FakeRuntime::new();
     runtime.script(|s| {
         s.pod_sandbox_status.always(Ok(v1::PodSandboxStatusResponse {
@@ -444,7 +427,9 @@ fn restorer_over(bed: &Bed, engine: &Checkpointer) -> crate::restore::Restorer {
         failure_expiry: Duration::from_secs(3600),
     };
     let registry = lazarus_registry::RegistryClient::new(RegistrySettings::default()).expect("client");
-    crate::restore::Restorer::new(runtime, engine.store().clone(), config, registry).expect("restorer")
+    let restorer =
+        crate::restore::Restorer::new(runtime.clone(), engine.store().clone(), config, registry).expect("restorer");
+    (restorer, runtime)
 }
 
 #[tokio::test]
