@@ -107,27 +107,14 @@ fn export_now(store: &Store, reference: &str, file: &Path) -> Result<Exported, E
     // store's garbage collection removes the blob meanwhile.
     let input = File::open(&blob).map_err(io("opening", &blob))?;
 
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
-    let partial = dir.join(format!(".{name}.lazarus-export-{}", std::process::id()));
-    let result = write_partial(input, &blob, &partial).and_then(|(written, actual)| {
+    let bytes = write_then_name(file, |partial| {
+        let (written, actual) = write_partial(input, &blob, partial)?;
         // A wrong digest explains a failed decompression too: say that.
         if actual != expected {
             return Err(ExportError::Damaged { reference: reference.clone(), expected: expected.clone(), actual });
         }
-        let bytes = written?;
-        // The name appears complete, and never replaces anything.
-        std::fs::hard_link(&partial, file).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => ExportError::Exists(file.to_owned()),
-            _ => io("naming the archive", file)(e),
-        })?;
-        Ok(bytes)
-    });
-    let _ = std::fs::remove_file(&partial);
-    let bytes = result?;
+        written
+    })?;
     tracing::info!(reference = %reference, file = %file.display(), bytes, "checkpoint exported");
     Ok(Exported { reference, bytes })
 }
@@ -141,19 +128,13 @@ fn export_tree(
     reference: &str,
     file: &Path,
 ) -> Result<Exported, ExportError> {
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
-    let partial = dir.join(format!(".{name}.lazarus-export-{}", std::process::id()));
-    let result = (|| {
+    let bytes = write_then_name(file, |partial| {
         let output = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&partial)
-            .map_err(io("creating a file in", &dir))?;
+            .open(partial)
+            .map_err(io("creating a file in", partial.parent().unwrap_or(Path::new("."))))?;
         let mut writer = BufWriter::with_capacity(1 << 20, output);
         crate::checkpoint::image::write_stored_tree(store, manifest, &mut writer).map_err(|e| match e {
             crate::checkpoint::image::PackageError::Damaged { layer, actual } => {
@@ -161,19 +142,35 @@ fn export_tree(
             }
             other => ExportError::NotACheckpoint { reference: reference.to_owned(), reason: other.to_string() },
         })?;
-        let output = writer.into_inner().map_err(|e| io("writing", &partial)(e.into_error()))?;
-        output.sync_all().map_err(io("writing", &partial))?;
-        let bytes = output.metadata().map_err(io("reading", &partial))?.len();
+        let output = writer.into_inner().map_err(|e| io("writing", partial)(e.into_error()))?;
+        output.sync_all().map_err(io("writing", partial))?;
+        Ok(output.metadata().map_err(io("reading", partial))?.len())
+    })?;
+    tracing::info!(reference = %reference, file = %file.display(), bytes, "checkpoint exported");
+    Ok(Exported { reference: reference.to_owned(), bytes })
+}
+
+/// Runs `write` on a temporary file next to `file`, then gives it the name
+/// `file` — complete, and never replacing anything (a hard link, which fails
+/// if the name was taken meanwhile). The temporary name is removed either way.
+/// Returns what `write` returned (the archive's bytes).
+#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (export)")]
+fn write_then_name(file: &Path, write: impl FnOnce(&Path) -> Result<u64, ExportError>) -> Result<u64, ExportError> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+    let partial = dir.join(format!(".{name}.lazarus-export-{}", std::process::id()));
+    let result = write(&partial).and_then(|bytes| {
         std::fs::hard_link(&partial, file).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => ExportError::Exists(file.to_owned()),
             _ => io("naming the archive", file)(e),
         })?;
         Ok(bytes)
-    })();
+    });
     let _ = std::fs::remove_file(&partial);
-    let bytes = result?;
-    tracing::info!(reference = %reference, file = %file.display(), bytes, "checkpoint exported");
-    Ok(Exported { reference: reference.to_owned(), bytes })
+    result
 }
 
 /// Decompresses the layer read from `input` into a new file at `partial`;
