@@ -634,6 +634,16 @@ pub fn ip_in_subnet(ip: &str, cidr: &str) -> bool {
     ip & mask == net & mask
 }
 
+/// The complete lines of a host file as numbers (a line still being written is left out).
+pub fn numbers(path: &Path) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| l.trim().parse::<u64>().with_context(|| format!("{}: line {l:?} is not a number", path.display())))
+        .collect()
+}
+
 /// `numbers` (the records of `what`, in order) must be exactly 1, 2, …, n: no
 /// number twice, none missing. Returns n.
 pub fn check_sequence(what: &str, numbers: &[u64]) -> Result<u64> {

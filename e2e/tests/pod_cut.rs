@@ -14,11 +14,13 @@
 //! `lazarus.dev/checkpoint-containers` leaves out, is never checkpointed and
 //! starts fresh in the new pod.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, check_sequence, container_config, pod_config, wait_for};
+use lazarus_e2e::{
+    Cri, LazarusProcess, Node, Testbed, check_sequence, container_config, numbers, pod_config, wait_for,
+};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -144,16 +146,6 @@ impl Bed {
         tags.sort();
         Ok(tags)
     }
-}
-
-/// The complete lines of a host file as numbers (a line being written is left out).
-fn numbers(path: &Path) -> Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
-        .map(|l| l.trim().parse::<u64>().with_context(|| format!("{}: line {l:?} is not a number", path.display())))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

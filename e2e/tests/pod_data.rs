@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, LazarusProcess, Node, Testbed, check_sequence, container_config, pod_config, wait_for};
+use lazarus_e2e::{
+    Cri, LazarusProcess, Node, Testbed, check_sequence, container_config, numbers, pod_config, wait_for,
+};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-e2e";
@@ -190,19 +192,6 @@ impl Bed {
         ensure!(code == 0, "readlink /proc/{pid}/fd/{fd} in {id}: {err}");
         Ok(out.trim().to_owned())
     }
-}
-
-/// The complete lines of a host file as numbers (a line being written is left out).
-fn numbers(path: &Path) -> Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..end],
-        None => "",
-    };
-    complete
-        .lines()
-        .map(|l| l.trim().parse::<u64>().with_context(|| format!("{}: line {l:?} is not a number", path.display())))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
