@@ -58,14 +58,15 @@ impl Bed {
     }
 
     /// The config the CLI and `lazarus serve` share: archives allowed from
-    /// `archives/`, the registry insecure, the test bed's restore dir.
+    /// `archives/`, the registry insecure, checkpoints pushed in the layout
+    /// containerd reads (`registry_layout = "portable"`), the test bed's restore dir.
     fn config(&self) -> Result<PathBuf> {
         let path = self.dir.path().join("config.toml");
         if !path.exists() {
             std::fs::write(
                 &path,
                 format!(
-                    "restore_dir = {:?}\nrestore_allowed_dirs = [{:?}]\ninsecure_registries = [\"127.0.0.1\"]\n",
+                    "restore_dir = {:?}\nrestore_allowed_dirs = [{:?}]\ninsecure_registries = [\"127.0.0.1\"]\nregistry_layout = \"portable\"\n",
                     self.bed.var("LAZARUS_RESTORE_DIR")?,
                     self.archives()
                 ),

@@ -99,6 +99,8 @@ pub struct FileConfig {
     pub dev_shm_capture_max_size: Option<String>,
     /// Docker-style `config.json` with registry credentials; none: anonymous.
     pub registry_credentials: Option<PathBuf>,
+    /// The layout checkpoints are pushed in: `incremental` (default) or `portable`.
+    pub registry_layout: Option<String>,
     /// Registries (`host[:port]`, or `host` for every port) reached over plain HTTP.
     pub insecure_registries: Option<Vec<String>>,
     /// PEM files with CA certificates trusted for registries besides the system's.
@@ -160,6 +162,8 @@ pub struct Config {
     pub max_concurrent_checkpoints: usize,
     /// Checkpoint layer compression.
     pub checkpoint_compression: crate::checkpoint::Compression,
+    /// The layout checkpoints are pushed to registries in.
+    pub registry_layout: crate::checkpoint::RegistryLayout,
     /// Size cap of the local checkpoint store, in bytes.
     pub store_max_size: Option<u64>,
     /// Largest `emptyDir` volume captured into a checkpoint, in bytes.
@@ -249,6 +253,10 @@ impl Config {
             None => crate::checkpoint::Compression::default(),
             Some(text) => text.parse().map_err(|reason: String| invalid("checkpoint_compression", text, reason))?,
         };
+        let registry_layout = match file.registry_layout.as_deref() {
+            None => crate::checkpoint::RegistryLayout::default(),
+            Some(text) => text.parse().map_err(|reason: String| invalid("registry_layout", text, reason))?,
+        };
         let store_max_size = match file.store_max_size.as_deref() {
             None => None,
             Some(text) => Some(parse_size(text).map_err(|reason| invalid("store_max_size", text, reason))?),
@@ -321,6 +329,7 @@ impl Config {
             upstream_connect_timeout,
             max_concurrent_checkpoints,
             checkpoint_compression,
+            registry_layout,
             store_max_size,
             empty_dir_capture_max_size,
             dev_shm_capture_max_size,
@@ -511,9 +520,14 @@ mod tests {
         let c = Config::resolve(file, Overrides::default()).expect("valid");
         assert_eq!(c.max_concurrent_checkpoints, 4);
         assert_eq!(c.checkpoint_compression, crate::checkpoint::Compression::Gzip);
+        assert_eq!(c.registry_layout, crate::checkpoint::RegistryLayout::Incremental, "the default");
+        let file = parse("registry_layout = \"portable\"\n", origin()).expect("valid");
+        let c = Config::resolve(file, Overrides::default()).expect("valid");
+        assert_eq!(c.registry_layout, crate::checkpoint::RegistryLayout::Portable);
         for (text, key) in [
             ("max_concurrent_checkpoints = 0", "max_concurrent_checkpoints"),
             ("checkpoint_compression = \"lz4\"", "checkpoint_compression"),
+            ("registry_layout = \"oci\"", "registry_layout"),
         ] {
             let err = Config::resolve(parse(text, origin()).expect("parses"), Overrides::default()).expect_err(text);
             assert!(err.to_string().contains(key), "{err}");

@@ -8,6 +8,8 @@
 //! - [`plan`]: the restore plan directory the daemon leaves for the wrapper;
 //! - [`rootfs_diff`]: the container's writable-layer diff, taken and applied;
 //! - [`archive`]: safe unpacking of a checkpoint tree, digest checked on the way;
+//! - [`tree_files`], [`chunks`]: the large files of a tree stored as blobs of their own, cut into
+//!   content-defined chunks shared between versions;
 //! - [`metadata`]: what a checkpoint says about where it came from;
 //! - [`pod_data`]: `/dev/shm` and `emptyDir` volumes captured in the cut and put back before CRIU restores;
 //! - [`criu_log`]: what is quoted of CRIU's logs when a dump or restore fails;
@@ -21,6 +23,7 @@
 
 pub mod annotations;
 pub mod archive;
+pub mod chunks;
 pub mod compression;
 pub mod criu_log;
 pub mod criu_stats;

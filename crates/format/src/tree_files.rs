@@ -193,67 +193,180 @@ pub fn put_in_place(blob: &Path, digest: &str, title: &str, tree: &Path) -> Resu
     }
 }
 
-/// One stored file of a tree, to be written into a tar.
-#[derive(Debug)]
-pub struct StoredFile {
-    /// Its path in the tree.
-    pub title: String,
-    /// Its blob's digest.
+/// One blob holding (a piece of) a stored file.
+#[derive(Debug, Clone)]
+pub struct StoredPiece {
+    /// The blob's digest.
     pub digest: String,
-    /// Its blob, open.
-    pub file: File,
-    /// The file's size (not the blob's, when compressed).
+    /// Where the blob is.
+    pub blob: PathBuf,
+    /// The bytes of the file it holds (not the blob's size, when compressed).
     pub size: u64,
-    /// Whether the blob is zstd-compressed ([`MEDIA_TYPE_ZSTD`]).
+    /// Whether the blob is zstd-compressed.
     pub compressed: bool,
 }
 
+/// One large file of a tree as the store holds it: one blob (the file as it is, or compressed),
+/// or its chunks in order ([`crate::chunks`]).
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    /// Its path in the tree.
+    pub title: String,
+    /// Its blobs, in file order.
+    pub pieces: Vec<StoredPiece>,
+}
+
+impl StoredFile {
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.pieces.iter().map(|p| p.size).sum()
+    }
+}
+
+/// Checks every piece of `file` against its digest (two at a time), without keeping anything.
+pub fn verify(file: &StoredFile) -> Result<(), TreeFileError> {
+    let checked = crate::fsutil::on_workers(
+        &file.pieces,
+        2,
+        |piece| verify_piece(piece, &file.title),
+        || {
+            Err(TreeFileError::Io {
+                action: "checking",
+                path: PathBuf::from(&file.title),
+                source: io::Error::other("a worker panicked"),
+            })
+        },
+    );
+    checked.into_iter().collect()
+}
+
+fn verify_piece(piece: &StoredPiece, title: &str) -> Result<(), TreeFileError> {
+    let blob = File::open(&piece.blob).map_err(io_error("opening", &piece.blob))?;
+    let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, blob));
+    io::copy(&mut hashing, &mut io::sink()).map_err(io_error("reading", &piece.blob))?;
+    let actual = hashing.into_digester().oci();
+    if actual != piece.digest {
+        return Err(TreeFileError::Damaged { digest: piece.digest.clone(), title: title.to_owned(), actual });
+    }
+    Ok(())
+}
+
+/// The data of `file`: its pieces one after the other, decompressed. Not checked: [`verify`] first.
+pub fn read_data(file: &StoredFile) -> io::Result<Box<dyn Read + Send>> {
+    let mut data: Box<dyn Read + Send> = Box::new(io::empty());
+    for piece in &file.pieces {
+        let blob = io::BufReader::with_capacity(1 << 20, File::open(&piece.blob)?);
+        let piece_data: Box<dyn Read + Send> =
+            if piece.compressed { Box::new(zstd::stream::read::Decoder::with_buffer(blob)?) } else { Box::new(blob) };
+        data = Box::new(data.chain(exactly(piece_data, piece.size)));
+    }
+    Ok(data)
+}
+
+/// Puts the stored `file` at its place in `tree`, every piece checked against its digest: one
+/// blob of the file as it is is hard-linked ([`put_in_place`]), one compressed blob
+/// decompressed ([`unpack_in_place`]); chunks are written at their offsets, two at a time. A
+/// damaged piece leaves nothing behind. Returns where it went.
+pub fn place_file(file: &StoredFile, tree: &Path) -> Result<PathBuf, TreeFileError> {
+    match file.pieces.as_slice() {
+        [one] if !one.compressed => return put_in_place(&one.blob, &one.digest, &file.title, tree),
+        [one] => return unpack_in_place(&one.blob, &one.digest, &file.title, tree),
+        _ => {}
+    }
+    let dest = place(tree, &file.title)
+        .ok_or_else(|| TreeFileError::Title { digest: first_digest(file), title: file.title.clone() })?;
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_error("creating", parent))?;
+    }
+    let out = fs::OpenOptions::new().write(true).create_new(true).open(&dest).map_err(io_error("creating", &dest))?;
+    let mut offsets = Vec::with_capacity(file.pieces.len());
+    let mut offset = 0;
+    for piece in &file.pieces {
+        offsets.push((piece, offset));
+        offset += piece.size;
+    }
+    let written = out.set_len(offset).map_err(io_error("sizing", &dest)).and_then(|()| {
+        let outcomes = crate::fsutil::on_workers(
+            &offsets,
+            2,
+            |(piece, at)| write_piece(piece, *at, &out, &file.title, &dest),
+            || {
+                Err(TreeFileError::Io {
+                    action: "writing",
+                    path: dest.clone(),
+                    source: io::Error::other("a worker panicked"),
+                })
+            },
+        );
+        outcomes.into_iter().collect::<Result<(), _>>()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&dest);
+        return Err(e);
+    }
+    Ok(dest)
+}
+
+fn first_digest(file: &StoredFile) -> String {
+    file.pieces.first().map(|p| p.digest.clone()).unwrap_or_default()
+}
+
+/// One piece at `offset` of `out`: read whole (a chunk is a few MiB), checked, decompressed.
+fn write_piece(piece: &StoredPiece, offset: u64, out: &File, title: &str, dest: &Path) -> Result<(), TreeFileError> {
+    use std::os::unix::fs::FileExt;
+    let blob = fs::read(&piece.blob).map_err(io_error("reading", &piece.blob))?;
+    let actual = format!("sha256:{}", crate::digest::sha256_hex(&blob));
+    if actual != piece.digest {
+        return Err(TreeFileError::Damaged { digest: piece.digest.clone(), title: title.to_owned(), actual });
+    }
+    let data = if piece.compressed {
+        let capacity = usize::try_from(piece.size).unwrap_or(usize::MAX);
+        zstd::bulk::decompress(&blob, capacity).map_err(io_error("decompressing", &piece.blob))?
+    } else {
+        blob
+    };
+    if data.len() as u64 != piece.size {
+        let source = io::Error::other(format!("it holds {} bytes, its descriptor says {}", data.len(), piece.size));
+        return Err(TreeFileError::Io { action: "reading", path: piece.blob.clone(), source });
+    }
+    out.write_all_at(&data, offset).map_err(io_error("writing", dest))
+}
+
 /// The whole tree as one tar (checkpointctl's layout): the entries of `archive` (the first
-/// layer's tar, decompressed) and then `files`, each checked against its digest as it is
-/// written. Returns the files whose data did not match, as (title, actual digest) — the caller
-/// must then throw the output away.
-pub fn write_tree_tar(
-    archive: impl Read,
-    files: Vec<StoredFile>,
-    out: impl Write,
-) -> io::Result<Vec<(String, String)>> {
+/// layer's tar, decompressed) and then `files`, each checked against its digests before it is
+/// written (a damaged one fails the call: throw the output away).
+pub fn write_tree_tar(archive: impl Read, files: &[StoredFile], out: impl Write) -> Result<(), TreeFileError> {
+    let tar_error = |source| TreeFileError::Io { action: "writing the tree's tar", path: PathBuf::new(), source };
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Complete);
     let mut input = tar::Archive::new(archive);
-    for entry in input.entries()? {
-        let entry = entry?;
-        let mut header = entry.header().clone();
-        let path = entry.path()?.into_owned();
-        match header.entry_type() {
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry.link_name()?.map(|t| t.into_owned()).unwrap_or_default();
-                builder.append_link(&mut header, &path, &target)?;
+    let copied = (|| -> io::Result<()> {
+        for entry in input.entries()? {
+            let entry = entry?;
+            let mut header = entry.header().clone();
+            let path = entry.path()?.into_owned();
+            match header.entry_type() {
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    let target = entry.link_name()?.map(|t| t.into_owned()).unwrap_or_default();
+                    builder.append_link(&mut header, &path, &target)?;
+                }
+                _ => builder.append_data(&mut header, &path, entry)?,
             }
-            _ => builder.append_data(&mut header, &path, entry)?,
         }
-    }
-    let mut damaged = Vec::new();
+        Ok(())
+    })();
+    copied.map_err(tar_error)?;
     for stored in files {
+        verify(stored)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(stored.size);
+        header.set_size(stored.size());
         header.set_mode(0o600);
         header.set_mtime(0);
-        let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, stored.file));
-        if stored.compressed {
-            let decoder = zstd::stream::read::Decoder::new(&mut hashing)?;
-            builder.append_data(&mut header, &stored.title, exactly(decoder, stored.size))?;
-        } else {
-            builder.append_data(&mut header, &stored.title, exactly(&mut hashing, stored.size))?;
-        }
-        io::copy(&mut hashing, &mut io::sink())?;
-        let actual = hashing.into_digester().oci();
-        if actual != stored.digest {
-            damaged.push((stored.title, actual));
-        }
+        let data = read_data(stored).map_err(tar_error)?;
+        builder.append_data(&mut header, &stored.title, data).map_err(tar_error)?;
     }
-    builder.into_inner()?.flush()?;
-    Ok(damaged)
+    builder.into_inner().and_then(|mut out| out.flush()).map_err(tar_error)
 }
 
 /// `size` bytes of `inner`: fewer is an error (a tar entry must hold what its header says).
@@ -362,18 +475,19 @@ mod tests {
         small.append_data(&mut header, "checkpoint/core-1.img", &b"small"[..]).expect("file");
         let small = small.into_inner().expect("tar");
         let blob = dir.path().join("blob");
-        fs::write(&blob, b"pages").expect("write");
-        let stored = |digest: &str| StoredFile {
+        fs::write(&blob, b"pag").expect("write");
+        let packed = dir.path().join("packed");
+        fs::write(&packed, zstd::encode_all(&b"es"[..], 1).expect("zstd")).expect("write");
+        let digest_of = |p: &Path| format!("sha256:{}", crate::digest::sha256_hex(&fs::read(p).expect("read")));
+        let stored = |digest: String| StoredFile {
             title: "checkpoint/pages-1.img".into(),
-            digest: digest.into(),
-            file: File::open(&blob).expect("open"),
-            size: 5,
-            compressed: false,
+            pieces: vec![
+                StoredPiece { digest, blob: blob.clone(), size: 3, compressed: false },
+                StoredPiece { digest: digest_of(&packed), blob: packed.clone(), size: 2, compressed: true },
+            ],
         };
-        let good = format!("sha256:{}", crate::digest::sha256_hex(b"pages"));
         let mut out = Vec::new();
-        let damaged = write_tree_tar(&small[..], vec![stored(&good)], &mut out).expect("tar");
-        assert!(damaged.is_empty());
+        write_tree_tar(&small[..], &[stored(digest_of(&blob))], &mut out).expect("tar");
         let mut read = tar::Archive::new(&out[..]);
         let mut seen = Vec::new();
         for entry in read.entries().expect("entries") {
@@ -390,8 +504,42 @@ mod tests {
                 ("checkpoint/pages-1.img".to_owned(), b"pages".to_vec())
             ]
         );
-        let damaged = write_tree_tar(&small[..], vec![stored("sha256:00")], io::sink()).expect("tar");
-        assert_eq!(damaged.len(), 1);
-        assert_eq!(damaged[0].0, "checkpoint/pages-1.img");
+        let err = write_tree_tar(&small[..], &[stored("sha256:00".into())], io::sink()).expect_err("damaged");
+        assert!(matches!(&err, TreeFileError::Damaged { title, .. } if title == "checkpoint/pages-1.img"), "{err}");
+    }
+
+    #[test]
+    fn a_chunked_file_is_put_together_in_order_and_a_damaged_chunk_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        let pieces: Vec<StoredPiece> = data
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let compressed = i % 2 == 1;
+                let bytes = if compressed { zstd::encode_all(chunk, 1).expect("zstd") } else { chunk.to_vec() };
+                let blob = dir.path().join(format!("blob-{i}"));
+                fs::write(&blob, &bytes).expect("write");
+                let digest = format!("sha256:{}", crate::digest::sha256_hex(&bytes));
+                StoredPiece { digest, blob, size: chunk.len() as u64, compressed }
+            })
+            .collect();
+        let file = StoredFile { title: "checkpoint/pages-1.img".into(), pieces };
+        assert_eq!(file.size(), data.len() as u64);
+        verify(&file).expect("intact");
+        let tree = dir.path().join("tree");
+        let placed = place_file(&file, &tree).expect("placed");
+        assert_eq!(fs::read(&placed).expect("read"), data);
+        let mut all = Vec::new();
+        read_data(&file).expect("open").read_to_end(&mut all).expect("read");
+        assert_eq!(all, data);
+
+        let mut damaged = file.clone();
+        damaged.title = "checkpoint/pages-2.img".into();
+        fs::write(&damaged.pieces[2].blob, vec![0u8; 4096]).expect("damage");
+        let err = place_file(&damaged, &tree).expect_err("damaged");
+        assert!(matches!(&err, TreeFileError::Damaged { digest, .. } if *digest == damaged.pieces[2].digest), "{err}");
+        assert!(!tree.join("checkpoint/pages-2.img").exists(), "nothing left behind");
+        assert!(matches!(verify(&damaged), Err(TreeFileError::Damaged { .. })));
     }
 }

@@ -362,6 +362,62 @@ impl Store {
         self.write_blob(bytes)
     }
 
+    /// One of many small blobs of a checkpoint (a chunk of a large file): when the store has a
+    /// blob with its digest and size already, that blob, leased — found by name and size, **not
+    /// re-read**: blobs are synced before they enter `blobs/`, and readers check every digest —
+    /// else `data` written to a locked staging file, not yet synced. Staged blobs are synced and
+    /// moved into `blobs/` together by [`Store::install_staged`].
+    pub fn store_chunk(&self, data: &[u8]) -> Result<Chunk, StoreError> {
+        let hex = digest_hex(data);
+        let digest = format!("{SHA256_PREFIX}{hex}");
+        let size = data.len() as u64;
+        let path = self.blob_file(&hex);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
+            match Lease::acquire(&path, &digest) {
+                Ok(lease) if FileId::of_path(&path) == Some(lease.id) => {
+                    let oci_digest = Digest::try_from(digest.as_str()).map_err(|_| StoreError::InvalidDigest {
+                        digest: digest.clone(),
+                        reason: "not a sha256 digest",
+                    })?;
+                    return Ok(Chunk::Existing(BlobInfo { digest, size, oci_digest, lease: Arc::new(lease) }));
+                }
+                // Removed or replaced meanwhile: write it.
+                Ok(_) | Err(StoreError::MissingBlob { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut staged = self.stage()?;
+        staged.file.write_all(data).map_err(io_err("writing", staged.file.path()))?;
+        Ok(Chunk::Staged(StagedBlob { staged, hex, size }))
+    }
+
+    /// Syncs the staged blobs ([`Store::store_chunk`]), moves them into `blobs/` (keeping a copy
+    /// another writer put there first) with one sync of the directory, and leases each. In the
+    /// order given.
+    pub fn install_staged(&self, staged: Vec<StagedBlob>) -> Result<Vec<BlobInfo>, StoreError> {
+        for blob in &staged {
+            blob.staged.file.as_file().sync_all().map_err(io_err("syncing", blob.staged.file.path()))?;
+        }
+        let lock = self.lock()?;
+        let mut installed = Vec::with_capacity(staged.len());
+        for StagedBlob { staged: Staged { file, _lock: staging_lock }, hex, size } in staged {
+            let digest = format!("{SHA256_PREFIX}{hex}");
+            let dest = self.blob_file(&hex);
+            let present = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size);
+            if !present {
+                file.persist(&dest).map_err(|e| io_err("renaming into", &dest)(e.error))?;
+            }
+            drop(staging_lock);
+            let oci_digest = Digest::try_from(digest.as_str())
+                .map_err(|_| StoreError::InvalidDigest { digest: digest.clone(), reason: "not a sha256 digest" })?;
+            let lease = Lease::acquire(&dest, &digest)?;
+            installed.push(BlobInfo { digest, size, oci_digest, lease: Arc::new(lease) });
+        }
+        sync_dir(&self.blobs_dir())?;
+        drop(lock);
+        Ok(installed)
+    }
+
     /// Commits an image manifest: the only way a checkpoint becomes visible.
     ///
     /// Refuses the manifest unless its config and every layer are in `blobs/`
@@ -982,6 +1038,37 @@ struct Staged {
     _lock: Flock<File>,
 }
 
+/// What [`Store::store_chunk`] did with a chunk.
+#[derive(Debug)]
+pub enum Chunk {
+    /// The store had it: leased.
+    Existing(BlobInfo),
+    /// Written to the staging directory; [`Store::install_staged`] makes it a blob.
+    Staged(StagedBlob),
+}
+
+/// A blob written to the staging directory, not yet synced nor in `blobs/`. Dropped, it is
+/// removed.
+#[derive(Debug)]
+#[must_use = "a staged blob is removed when dropped: install it with Store::install_staged"]
+pub struct StagedBlob {
+    staged: Staged,
+    hex: String,
+    size: u64,
+}
+
+impl StagedBlob {
+    /// `sha256:<hex>`.
+    pub fn digest(&self) -> String {
+        format!("{SHA256_PREFIX}{}", self.hex)
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 /// A shared lock on a blob file: garbage collection leaves it alone.
 #[derive(Debug)]
 struct Lease {
@@ -1260,6 +1347,59 @@ mod tests {
             .commit_written(&json2, annotations("ns/p/c", 2), None, &[config, blob])
             .expect_err("the file in blobs/ is not the one written");
         assert!(err.to_string().contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn chunks_are_written_once_and_shared_ones_outlive_the_checkpoint_that_wrote_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let store_all = |chunks: &[&[u8]]| -> (Vec<BlobInfo>, usize) {
+            let (mut existing, mut staged) = (Vec::new(), Vec::new());
+            for chunk in chunks {
+                match store.store_chunk(chunk).expect("chunk") {
+                    Chunk::Existing(blob) => existing.push(blob),
+                    Chunk::Staged(blob) => staged.push(blob),
+                }
+            }
+            let written = staged.len();
+            let mut blobs = store.install_staged(staged).expect("install");
+            blobs.extend(existing);
+            (blobs, written)
+        };
+        // Staged, nothing is in blobs/ yet; dropped, nothing is left.
+        let staged = match store.store_chunk(b"unwanted").expect("chunk") {
+            Chunk::Staged(blob) => blob,
+            Chunk::Existing(_) => panic!("a new chunk was found in the store"),
+        };
+        assert!(!exists(&store, &staged.digest()));
+        drop(staged);
+        assert_eq!(fs::read_dir(store.tmp_dir()).expect("tmp").count(), 0, "a dropped staged chunk is removed");
+
+        let (first, written) = store_all(&[b"chunk one", b"chunk two", b"chunk one"]);
+        assert_eq!(written, 3, "the same chunk twice in one call is staged twice, installed once");
+        let commit = |n: usize, blobs: &[BlobInfo]| {
+            let config = store.write_blob_bytes(format!("config {n}").as_bytes()).expect("config");
+            let layers = blobs.iter().map(|b| b.descriptor(MediaType::Other("chunk".into()))).collect();
+            let json = manifest_json(config.descriptor(MediaType::ImageConfig), layers);
+            let written: Vec<BlobInfo> = blobs.iter().cloned().chain([config]).collect();
+            let (descriptor, _) =
+                store.commit_written(&json, annotations("ns/pod/c", n), None, &written).expect("commit");
+            descriptor.digest().to_string()
+        };
+        let v1 = commit(1, &first);
+        drop(first);
+        let (second, written) = store_all(&[b"chunk one", b"chunk three"]);
+        assert_eq!(written, 1, "only the new chunk is written");
+        let v2 = commit(2, &second);
+        drop(second);
+        store.remove(&[v1]).expect("remove v1");
+        for chunk in [&b"chunk one"[..], b"chunk three"] {
+            let digest = format!("sha256:{}", digest_hex(chunk));
+            store.verify_blob(&digest).expect("a chunk of v2 survives v1's removal");
+        }
+        assert!(!exists(&store, &format!("sha256:{}", digest_hex(b"chunk two"))), "v1's own chunk is collected");
+        store.remove(&[v2]).expect("remove v2");
+        assert_eq!(store.total_size().expect("size"), 0);
     }
 
     #[test]

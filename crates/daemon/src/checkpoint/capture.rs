@@ -63,6 +63,29 @@ pub enum Compression {
     Gzip,
 }
 
+/// The layout a checkpoint is pushed to a registry in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegistryLayout {
+    /// The store's own layout (default): large files as content-defined chunks, so a version
+    /// uploads only the chunks the repository does not have yet. Read by lazarus.
+    #[default]
+    Incremental,
+    /// One tar of the whole tree (checkpointctl's layout), what containerd, CRI-O and Podman
+    /// restore from; every version is uploaded whole.
+    Portable,
+}
+
+impl std::str::FromStr for RegistryLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "incremental" => Ok(RegistryLayout::Incremental),
+            "portable" => Ok(RegistryLayout::Portable),
+            other => Err(format!("unknown registry layout {other:?}: expected \"incremental\" or \"portable\"")),
+        }
+    }
+}
+
 impl std::str::FromStr for Compression {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -256,6 +279,8 @@ pub struct CheckpointerConfig {
     pub store_max_size: Option<u64>,
     /// How registries are reached (credentials, insecure registries, CA files).
     pub registry: RegistrySettings,
+    /// The layout checkpoints are pushed in.
+    pub registry_layout: RegistryLayout,
     /// Largest `emptyDir` volume captured into a checkpoint, in bytes; a larger one refuses it.
     pub empty_dir_capture_max_size: u64,
     /// Largest `/dev/shm` captured into a checkpoint, in bytes; a larger one refuses it.
@@ -271,6 +296,7 @@ impl From<&crate::config::Config> for CheckpointerConfig {
             compression: config.checkpoint_compression,
             store_max_size: config.store_max_size,
             registry: config.registry_settings(),
+            registry_layout: config.registry_layout,
             empty_dir_capture_max_size: config.empty_dir_capture_max_size,
             dev_shm_capture_max_size: config.dev_shm_capture_max_size,
         }
@@ -290,6 +316,8 @@ pub struct Checkpoint {
     pub tag: String,
     /// Compressed layer size.
     pub size: u64,
+    /// Bytes it added to the store: its layers but the chunks an earlier checkpoint stored already.
+    pub added: u64,
     /// Wall time of the CRIU dump call.
     pub dump_time: Duration,
     /// How long the container was frozen: from `Tasks.Pause` to the end of
@@ -649,7 +677,7 @@ impl Checkpointer {
             annotations.insert(ann::POD_CUT.to_owned(), names.to_owned());
         }
         let commit = Commit { container_id, key, tag: context.tag, created: context.created, keep: context.keep };
-        let Committed { digest, layer_size, pruned } =
+        let Committed { digest, layer_size, added, pruned } =
             self.package_and_commit(&tree, &staging.path, annotations, commit).await?;
         let checkpoint = Checkpoint {
             reference: format!("local:{key}:{}@{digest}", context.tag),
@@ -657,6 +685,7 @@ impl Checkpointer {
             key: key.clone(),
             tag: context.tag.to_owned(),
             size: layer_size,
+            added,
             dump_time,
             frozen_time,
             criu_frozen_time,
@@ -672,6 +701,7 @@ impl Checkpointer {
             container_id = %container_id,
             reference = %checkpoint.reference,
             size = checkpoint.size,
+            added = checkpoint.added,
             total_ms = checkpoint.total_time.as_millis() as u64,
             pruned,
             "checkpoint committed"

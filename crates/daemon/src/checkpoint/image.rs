@@ -13,7 +13,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use lazarus_format::digest::{HashingReader, HashingWriter};
-use lazarus_format::tree_files;
+use lazarus_format::{chunks, tree_files};
 use oci_spec::image::{
     Arch, ConfigBuilder, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder,
     MediaType, Os, RootFsBuilder,
@@ -68,42 +68,76 @@ pub fn write_stored_tree(store: &Store, manifest: &ImageManifest, out: impl Writ
     let Some((layer, files)) = manifest.layers().split_first() else {
         return Err(PackageError::Oci { what: "manifest", reason: "it has no layer".to_owned() });
     };
-    let mut stored = Vec::with_capacity(files.len());
-    for file in files {
-        let digest = file.digest().to_string();
-        let title = file.annotations().as_ref().and_then(|a| a.get(tree_files::TITLE)).cloned().ok_or_else(|| {
-            PackageError::Oci { what: "manifest", reason: format!("layer {digest} has no {}", tree_files::TITLE) }
-        })?;
-        let path = store.blob_path(&digest)?;
-        let blob = File::open(&path).map_err(io("opening", &path))?;
-        let compressed = file.media_type().to_string() == tree_files::MEDIA_TYPE_ZSTD;
-        let size = if compressed {
-            let annotated = file.annotations().as_ref().and_then(|a| a.get(tree_files::FILE_SIZE));
-            annotated.and_then(|v| v.parse().ok()).ok_or_else(|| PackageError::Oci {
-                what: "manifest",
-                reason: format!("layer {digest} has no {}", tree_files::FILE_SIZE),
-            })?
-        } else {
-            file.size()
-        };
-        stored.push(tree_files::StoredFile { title, digest, file: blob, size, compressed });
-    }
+    let stored = stored_files(files, |digest| store.blob_path(digest).map_err(|e| e.to_string()))
+        .map_err(|reason| PackageError::Oci { what: "manifest", reason })?;
     let expected = layer.digest().to_string();
     let path = store.blob_path(&expected)?;
     let input = File::open(&path).map_err(io("opening", &path))?;
     let mut hashing = std::io::BufReader::with_capacity(1 << 20, HashingReader::new(input));
     let written = lazarus_format::compression::decompressing(&mut hashing)
-        .and_then(|decoded| tree_files::write_tree_tar(decoded, stored, out));
+        .map_err(|e| tree_files::TreeFileError::Io { action: "decompressing", path: path.clone(), source: e })
+        .and_then(|decoded| tree_files::write_tree_tar(decoded, &stored, out));
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io("reading", &path))?;
     let actual = hashing.into_inner().into_digester().oci();
     if actual != expected {
         return Err(PackageError::Damaged { layer: expected, actual });
     }
-    let damaged = written.map_err(io("archiving the tree of", &path))?;
-    if let Some((title, actual)) = damaged.into_iter().next() {
-        return Err(PackageError::Damaged { layer: title, actual });
+    match written {
+        Ok(()) => Ok(()),
+        Err(tree_files::TreeFileError::Damaged { digest, title, actual }) => {
+            Err(PackageError::Damaged { layer: format!("{digest} ({title})"), actual })
+        }
+        Err(e) => Err(PackageError::Io { action: "archiving the tree of", path, source: std::io::Error::other(e) }),
     }
-    Ok(())
+}
+
+/// The large files of a checkpoint from its layers after the first, each blob found by `blob`:
+/// a layer that is a whole file ([`tree_files::MEDIA_TYPE`], `+zstd`), or consecutive chunk
+/// layers with one title ([`chunks::MEDIA_TYPE`], `+zstd`). Anything else is refused, naming it.
+pub fn stored_files(
+    layers: &[oci_spec::image::Descriptor],
+    blob: impl Fn(&str) -> Result<std::path::PathBuf, String>,
+) -> Result<Vec<tree_files::StoredFile>, String> {
+    let mut files: Vec<tree_files::StoredFile> = Vec::new();
+    let mut chunked_title: Option<String> = None;
+    for layer in layers {
+        let digest = layer.digest().to_string();
+        let annotation = |key: &str| layer.annotations().as_ref().and_then(|a| a.get(key)).cloned();
+        let title =
+            annotation(tree_files::TITLE).ok_or_else(|| format!("layer {digest} has no {}", tree_files::TITLE))?;
+        let media = layer.media_type().to_string();
+        let (chunk, compressed, size_key) = match media.as_str() {
+            tree_files::MEDIA_TYPE => (false, false, None),
+            tree_files::MEDIA_TYPE_ZSTD => (false, true, Some(tree_files::FILE_SIZE)),
+            chunks::MEDIA_TYPE => (true, false, None),
+            chunks::MEDIA_TYPE_ZSTD => (true, true, Some(chunks::CHUNK_SIZE)),
+            other => {
+                return Err(format!(
+                    "layer {digest} has media type {other}, expected {}, {} or their +zstd forms",
+                    tree_files::MEDIA_TYPE,
+                    chunks::MEDIA_TYPE
+                ));
+            }
+        };
+        let size = match size_key {
+            None => layer.size(),
+            Some(key) => annotation(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("layer {digest} ({title}) has no {key}"))?,
+        };
+        let piece = tree_files::StoredPiece { blob: blob(&digest)?, digest, size, compressed };
+        match files.last_mut() {
+            Some(last) if chunk && chunked_title.as_deref() == Some(title.as_str()) => last.pieces.push(piece),
+            _ => {
+                if files.iter().any(|f| f.title == title) {
+                    return Err(format!("{title} is stored twice (layer {})", piece.digest));
+                }
+                chunked_title = chunk.then(|| title.clone());
+                files.push(tree_files::StoredFile { title, pieces: vec![piece] });
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// A checkpoint in the layout other runtimes read, for a push.
@@ -166,6 +200,8 @@ pub struct Packaged {
     pub manifest: Vec<u8>,
     /// Compressed layer size.
     pub layer_size: u64,
+    /// Bytes this checkpoint added to the store: its layers but the chunks the store had.
+    pub written: u64,
     /// The layer and config blobs. Holding them keeps the store's garbage
     /// collection away from them until the manifest is committed: keep this
     /// value alive until [`Store::commit`] returns.
@@ -259,7 +295,7 @@ pub fn package(
                 .typ("layers")
                 .diff_ids(
                     std::iter::once(diff_id)
-                        .chain(adopted.iter().map(|(_, s)| s.blob.digest.clone()))
+                        .chain(adopted.iter().flat_map(|(_, s)| s.chunks.iter().map(|c| c.blob.digest.clone())))
                         .collect::<Vec<_>>(),
                 )
                 .build()
@@ -295,16 +331,18 @@ pub fn package(
                     .map_err(oci("layer descriptor"))?,
             ];
             for (file, stored) in &adopted {
-                let mut annotations = HashMap::from([(tree_files::TITLE.to_owned(), file.title.clone())]);
-                let media = if stored.compressed {
-                    annotations.insert(tree_files::FILE_SIZE.to_owned(), file.size.to_string());
-                    tree_files::MEDIA_TYPE_ZSTD
-                } else {
-                    tree_files::MEDIA_TYPE
-                };
-                let mut descriptor = stored.blob.descriptor(MediaType::Other(media.to_owned()));
-                descriptor.set_annotations(Some(annotations));
-                layers.push(descriptor);
+                for chunk in &stored.chunks {
+                    let mut annotations = HashMap::from([(tree_files::TITLE.to_owned(), file.title.clone())]);
+                    let media = if chunk.compressed {
+                        annotations.insert(chunks::CHUNK_SIZE.to_owned(), chunk.size.to_string());
+                        chunks::MEDIA_TYPE_ZSTD
+                    } else {
+                        chunks::MEDIA_TYPE
+                    };
+                    let mut descriptor = chunk.blob.descriptor(MediaType::Other(media.to_owned()));
+                    descriptor.set_annotations(Some(annotations));
+                    layers.push(descriptor);
+                }
             }
             layers
         })
@@ -312,45 +350,100 @@ pub fn package(
         .build()
         .map_err(oci("manifest"))?;
     let manifest = manifest.to_string().map_err(oci("manifest"))?.into_bytes();
-    let layer_size = layer.size + adopted.iter().map(|(_, s)| s.blob.size).sum::<u64>();
+    let layer_size = layer.size + adopted.iter().flat_map(|(_, s)| &s.chunks).map(|c| c.blob.size).sum::<u64>();
+    let written = layer.size + adopted.iter().map(|(_, s)| s.written).sum::<u64>();
     let mut blobs = vec![layer, config_blob];
-    blobs.extend(adopted.into_iter().map(|(_, s)| s.blob));
-    Ok(Packaged { manifest, layer_size, blobs })
+    blobs.extend(adopted.into_iter().flat_map(|(_, s)| s.chunks).map(|c| c.blob));
+    Ok(Packaged { manifest, layer_size, written, blobs })
 }
 
-/// How a large file went into the store.
+/// One chunk of a large file in the store.
 #[derive(Debug)]
-struct StoredAs {
+struct StoredChunk {
     blob: lazarus_store::BlobInfo,
-    /// zstd-compressed (it paid), rather than the file as it is.
+    /// The file bytes it holds.
+    size: u64,
+    /// zstd-compressed (the file compresses: it paid), rather than as it is.
     compressed: bool,
 }
 
-/// One large file into the store: as it is (moved, no copy), or — when
-/// sampling says zstd halves it at least — compressed at level 1.
+/// What storing one large file did.
+#[derive(Debug)]
+struct StoredAs {
+    chunks: Vec<StoredChunk>,
+    /// Bytes of chunks written (the others were in the store already).
+    written: u64,
+}
+
+/// One large file into the store, as content-defined chunks ([`chunks`]): read once, each chunk
+/// hashed (and, when sampling says zstd halves the file, compressed at level 1) on two threads;
+/// a chunk the store has already (an earlier version of this memory) is not written again, the
+/// new ones are synced together. CRIU's file is removed afterwards.
 fn store_file(store: &Store, file: &tree_files::TreeFile) -> Result<StoredAs, PackageError> {
     let io = |action, path: &Path| {
         let path = path.to_owned();
         move |source| PackageError::Io { action, path, source }
     };
     let opened = File::open(&file.path).map_err(io("opening", &file.path))?;
-    if !tree_files::pays_to_compress(&opened, file.size).map_err(io("sampling", &file.path))? {
-        drop(opened);
-        return Ok(StoredAs { blob: store.adopt_file(&file.path)?, compressed: false });
+    let compress = tree_files::pays_to_compress(&opened, file.size).map_err(io("sampling", &file.path))?;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(2);
+    let receiver = std::sync::Mutex::new(receiver);
+    let store_chunks = || -> Result<Vec<(usize, u64, lazarus_store::Chunk)>, PackageError> {
+        let mut done = Vec::new();
+        loop {
+            let next = receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+            let Ok((index, data)) = next else { return Ok(done) };
+            let size = data.len() as u64;
+            let stored =
+                if compress { zstd::bulk::compress(&data, 1).map_err(io("compressing", &file.path))? } else { data };
+            done.push((index, size, store.store_chunk(&stored)?));
+        }
+    };
+    let (cut, outcomes) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2).map(|_| scope.spawn(store_chunks)).collect();
+        let cut = chunks::cut(chunks::Chunker::for_size(file.size), &opened, |index, data| {
+            sender.send((index, data)).map_err(|_| std::io::Error::other("the chunk writers stopped"))
+        });
+        drop(sender);
+        let outcomes: Vec<_> = workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(io("storing", &file.path)(std::io::Error::other("a chunk writer panicked")))
+                })
+            })
+            .collect();
+        (cut, outcomes)
+    });
+    let mut stored = Vec::new();
+    for outcome in outcomes {
+        stored.extend(outcome?);
     }
-    let blob = store.write_blob_streamed(|out| {
-        let mut encoder = zstd::stream::write::Encoder::new(out, 1)?;
-        encoder.multithread(2)?;
-        std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &opened), &mut encoder)?;
-        encoder.finish()?;
-        Ok(())
-    })?;
+    cut.map_err(io("reading", &file.path))?;
+    stored.sort_by_key(|(index, _, _)| *index);
+    let mut chunks: Vec<Option<StoredChunk>> = Vec::with_capacity(stored.len());
+    let mut staged = Vec::new();
+    let mut staged_at = Vec::new();
+    for (position, (_, size, chunk)) in stored.into_iter().enumerate() {
+        match chunk {
+            lazarus_store::Chunk::Existing(blob) => chunks.push(Some(StoredChunk { blob, size, compressed: compress })),
+            lazarus_store::Chunk::Staged(blob) => {
+                chunks.push(None);
+                staged_at.push((position, size));
+                staged.push(blob);
+            }
+        }
+    }
+    let installed = store.install_staged(staged)?;
+    let written = installed.iter().map(|b| b.size).sum();
+    for ((position, size), blob) in staged_at.into_iter().zip(installed) {
+        chunks[position] = Some(StoredChunk { blob, size, compressed: compress });
+    }
     std::fs::remove_file(&file.path).map_err(io("removing", &file.path))?;
-    Ok(StoredAs { blob, compressed: true })
+    Ok(StoredAs { chunks: chunks.into_iter().flatten().collect(), written })
 }
 
-/// Moves the large files into the store (hashed while they are synced to
-/// disk), two at a time: each is one CPU's hashing.
+/// Stores the large files, two at a time.
 fn adopt_all(
     store: &Store,
     large: &[tree_files::TreeFile],

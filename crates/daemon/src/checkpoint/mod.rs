@@ -21,4 +21,4 @@ pub mod schedule;
 #[cfg(test)]
 mod seam_tests;
 
-pub use capture::{CheckpointError, CheckpointRequest, Checkpointer, CheckpointerConfig, Compression};
+pub use capture::{CheckpointError, CheckpointRequest, Checkpointer, CheckpointerConfig, Compression, RegistryLayout};

@@ -92,6 +92,7 @@ fn bed(pod_annotations: &[(&str, &str)]) -> Bed {
         compression: Compression::Zstd,
         store_max_size: None,
         registry: RegistrySettings::default(),
+        registry_layout: super::RegistryLayout::default(),
         empty_dir_capture_max_size: 1 << 30,
         dev_shm_capture_max_size: 1 << 30,
     };
@@ -564,10 +565,10 @@ async fn a_failed_dump_of_one_container_fails_the_whole_cut_and_thaws_every_cont
     assert!(bed.engine.store().list().expect("list").is_empty(), "nothing of the cut committed");
 }
 
-/// 2 MiB of incompressible memory (xorshift), as CRIU would write it.
+/// 12 MiB of incompressible memory (xorshift), as CRIU would write it: several chunks.
 fn noise() -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..(2 << 20) / 8)
+    (0..(12 << 20) / 8)
         .flat_map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -577,13 +578,26 @@ fn noise() -> Vec<u8> {
         .collect()
 }
 
-/// Writes what CRIU leaves for two processes with 2 MiB of memory each, one
-/// incompressible, one all zeros: pages files large enough to be blobs of their own.
+/// `noise()` after the process changed 64 KiB in its middle.
+fn changed_noise() -> Vec<u8> {
+    let mut pages = noise();
+    for (i, byte) in pages[6 << 20..(6 << 20) + (64 << 10)].iter_mut().enumerate() {
+        *byte = (i % 253) as u8;
+    }
+    pages
+}
+
+/// Writes what CRIU leaves for two processes, one with 12 MiB of incompressible memory, one
+/// with 2 MiB of zeros: pages files large enough to be stored as chunks. From the second dump
+/// on, 64 KiB of the first process's memory have changed.
 fn dump_leaves_large_pages(bed: &Bed) {
-    bed.fake.script(|s| {
-        s.dump_hook = Some(Arc::new(|options| {
+    let dumps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    bed.fake.script(move |s| {
+        let dumps = dumps.clone();
+        s.dump_hook = Some(Arc::new(move |options| {
             let images = std::path::Path::new(&options.image_path);
-            std::fs::write(images.join("pages-1.img"), noise()).expect("image");
+            let first = dumps.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            std::fs::write(images.join("pages-1.img"), if first { noise() } else { changed_noise() }).expect("image");
             std::fs::write(images.join("pages-2.img"), vec![0u8; 2 << 20]).expect("image");
             std::fs::write(images.join("inventory.img"), b"inventory").expect("image");
         }));
@@ -611,8 +625,8 @@ fn tar_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 #[tokio::test]
-async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar_when_they_leave() {
-    use std::os::unix::fs::MetadataExt;
+async fn large_files_are_chunks_shared_between_versions_put_together_on_restore_and_one_tar_when_they_leave() {
+    use lazarus_format::{chunks, tree_files};
     let bed = bed(&[]);
     dump_leaves_large_pages(&bed);
     let upper = bed.dir.path().join("upper");
@@ -620,21 +634,27 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     let engine = bed.engine.clone().with_upperdir(&upper);
     let taken = engine.checkpoint("c1", None).await.expect("checkpoint");
     let manifest = stored_manifest(&engine, &taken.digest);
-    let [archive, pages, zeros] = manifest.layers().as_slice() else { panic!("three layers: {:?}", manifest.layers()) };
+    let (archive, files) = manifest.layers().split_first().expect("layers");
     assert_eq!(archive.media_type(), &oci_spec::image::MediaType::ImageLayerZstd);
-    assert_eq!(pages.media_type().to_string(), lazarus_format::tree_files::MEDIA_TYPE, "incompressible: as it is");
-    assert_eq!(zeros.media_type().to_string(), lazarus_format::tree_files::MEDIA_TYPE_ZSTD, "compressible: compressed");
     let title = |d: &oci_spec::image::Descriptor| {
-        d.annotations().as_ref().and_then(|a| a.get(lazarus_format::tree_files::TITLE)).cloned()
+        d.annotations().as_ref().and_then(|a| a.get(tree_files::TITLE)).cloned().unwrap_or_default()
     };
-    assert_eq!(title(pages).as_deref(), Some("checkpoint/pages-1.img"));
-    assert_eq!(title(zeros).as_deref(), Some("checkpoint/pages-2.img"));
-    assert_eq!(pages.size(), 2 << 20);
-    assert!(zeros.size() < 64 << 10, "2 MiB of zeros stored in {} bytes", zeros.size());
-    assert_eq!(taken.size, archive.size() + pages.size() + zeros.size(), "the checkpoint's size counts every layer");
-    let blob = engine.store().blob_path(pages.digest().as_ref()).expect("blob");
+    let of = |name: &str| files.iter().filter(|d| title(d) == name).cloned().collect::<Vec<_>>();
+    let (pages, zeros) = (of("checkpoint/pages-1.img"), of("checkpoint/pages-2.img"));
+    assert_eq!(pages.len() + zeros.len(), files.len(), "{files:?}");
+    assert!(pages.len() >= 3, "12 MiB in {} chunks", pages.len());
+    assert!(pages.iter().all(|d| d.media_type().to_string() == chunks::MEDIA_TYPE), "incompressible: as it is");
+    assert!(zeros.iter().all(|d| d.media_type().to_string() == chunks::MEDIA_TYPE_ZSTD), "compressible: compressed");
+    assert_eq!(pages.iter().map(|d| d.size()).sum::<u64>(), 12 << 20);
+    assert!(zeros.iter().map(|d| d.size()).sum::<u64>() < 64 << 10, "2 MiB of zeros stored small");
     let expected = noise();
-    assert_eq!(std::fs::read(&blob).expect("blob"), expected, "the file CRIU wrote, as it is");
+    let stored: Vec<u8> = pages
+        .iter()
+        .flat_map(|d| std::fs::read(engine.store().blob_path(d.digest().as_ref()).expect("p")).expect("chunk"))
+        .collect();
+    assert!(stored == expected, "the chunks are the file CRIU wrote, in order");
+    assert_eq!(taken.size, manifest.layers().iter().map(|d| d.size()).sum::<u64>(), "the size counts every layer");
+    assert_eq!(taken.added, taken.size, "the first checkpoint writes every chunk");
     let small =
         tar_entries(&std::fs::read(engine.store().blob_path(archive.digest().as_ref()).expect("p")).expect("r"));
     assert!(
@@ -644,17 +664,17 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     );
     assert!(!small.iter().any(|(p, _)| p == "checkpoint/pages-1.img"), "not twice");
 
-    // Restored: the pages file is the store's, linked, not copied.
+    // Restored: the files put together from their chunks.
     let restorer = restorer_over(&bed, &engine);
     let staged = match restorer.prepare(&restore_request("app"), None).await {
         Ok(Some(staged)) => staged,
         other => panic!("not staged: {other:?}"),
     };
     let plan = restorer.commit(staged, "n1").await.expect("plan");
-    let placed = plan.join("tree").join("checkpoint").join("pages-1.img");
-    assert_eq!(std::fs::metadata(&placed).expect("placed").ino(), std::fs::metadata(&blob).expect("blob").ino());
+    assert!(std::fs::read(plan.join("tree/checkpoint/pages-1.img")).expect("placed") == expected, "pages-1 whole");
     assert_eq!(std::fs::read(plan.join("tree/checkpoint/inventory.img")).expect("small image"), b"inventory");
     assert_eq!(std::fs::read(plan.join("tree/checkpoint/pages-2.img")).expect("decompressed"), vec![0u8; 2 << 20]);
+    std::fs::remove_dir_all(&plan).expect("plan removed");
 
     // Leaving the node: one tar of the whole tree.
     let exported = bed.dir.path().join("exported.tar");
@@ -664,27 +684,54 @@ async fn large_files_are_stored_as_criu_wrote_them_linked_on_restore_and_one_tar
     let entries = tar_entries(&std::fs::read(&exported).expect("archive"));
     let find =
         |entries: &[(String, Vec<u8>)], name: &str| entries.iter().find(|(p, _)| p == name).map(|(_, d)| d.clone());
-    assert_eq!(find(&entries, "checkpoint/pages-1.img").as_deref(), Some(&expected[..]));
+    assert!(find(&entries, "checkpoint/pages-1.img") == Some(expected.clone()), "pages-1 in the export");
     assert_eq!(find(&entries, "checkpoint/inventory.img").as_deref(), Some(&b"inventory"[..]));
     assert_eq!(find(&entries, "checkpoint/pages-2.img"), Some(vec![0u8; 2 << 20]));
     let compatible = super::image::compatible(engine.store(), &taken.digest, Compression::Zstd)
         .expect("convert")
-        .expect("two layers: converted");
+        .expect("several layers: converted");
     let converted = stored_manifest(&engine, &compatible.manifest_digest);
     let [layer] = converted.layers().as_slice() else { panic!("one layer: {:?}", converted.layers()) };
     let entries =
         tar_entries(&std::fs::read(engine.store().blob_path(layer.digest().as_ref()).expect("p")).expect("r"));
-    assert_eq!(find(&entries, "checkpoint/pages-1.img").as_deref(), Some(&expected[..]));
+    assert!(find(&entries, "checkpoint/pages-1.img") == Some(expected.clone()), "pages-1 in the registry's layout");
     assert_eq!(converted.annotations(), manifest.annotations(), "the same checkpoint");
 
-    // A damaged pages file is found before anything is restored from it.
+    // The next version, 64 KiB changed: only the chunks around the change are new.
+    let second = engine.checkpoint("c1", None).await.expect("second checkpoint");
+    let manifest2 = stored_manifest(&engine, &second.digest);
+    let old: std::collections::HashSet<String> = pages.iter().map(|d| d.digest().to_string()).collect();
+    let pages2: Vec<_> = manifest2.layers().iter().filter(|d| title(d) == "checkpoint/pages-1.img").cloned().collect();
+    let new_bytes: u64 = pages2.iter().filter(|d| !old.contains(d.digest().as_ref())).map(|d| d.size()).sum();
+    let ours: std::collections::HashSet<String> = pages2.iter().map(|d| d.digest().to_string()).collect();
+    let (changed, max) = (6u64 << 20..(6u64 << 20) + (64 << 10), chunks::Chunker::for_size(12 << 20).max_len() as u64);
+    let mut offset = 0;
+    for chunk in &pages {
+        let range = offset..offset + chunk.size();
+        offset = range.end;
+        // The chunk holding the change and the one after (where the boundaries meet again) may differ.
+        let untouched = range.end <= changed.start || range.start >= changed.end + max;
+        assert!(!untouched || ours.contains(chunk.digest().as_ref()), "chunk at {range:?} not reused");
+    }
+    assert!((64 << 10..12 << 20).contains(&new_bytes), "{new_bytes} new bytes");
+    let archive2 = &manifest2.layers()[0];
+    assert!(second.added >= new_bytes && second.added <= new_bytes + archive2.size(), "added {}", second.added);
+    let staged = match restorer.prepare(&restore_request("app"), None).await {
+        Ok(Some(staged)) => staged,
+        other => panic!("not staged: {other:?}"),
+    };
+    let plan = restorer.commit(staged, "n2").await.expect("plan");
+    assert!(std::fs::read(plan.join("tree/checkpoint/pages-1.img")).expect("placed") == changed_noise(), "v2 whole");
     std::fs::remove_dir_all(&plan).expect("plan removed");
-    let mut damaged = expected.clone();
+
+    // A damaged chunk both versions share is found before anything is restored from either.
+    let shared = pages2.iter().find(|d| old.contains(d.digest().as_ref())).expect("a shared chunk");
+    let blob = engine.store().blob_path(shared.digest().as_ref()).expect("blob");
+    let mut damaged = std::fs::read(&blob).expect("chunk");
     damaged[12345] ^= 1;
     std::fs::remove_file(&blob).expect("unlink");
     std::fs::write(&blob, &damaged).expect("damage");
     let err = restorer.prepare(&restore_request("app"), None).await.expect_err("damaged");
-    // latest: no other checkpoint to fall back on, the damage named.
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.to_string().contains("(checkpoint/pages-1.img) is damaged"), "{err}");
 }

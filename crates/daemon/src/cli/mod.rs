@@ -151,6 +151,22 @@ impl ServeArgs {
     }
 }
 
+/// Raises the soft limit of open files to the hard one: a checkpoint holds a lease (an open file)
+/// on each of its chunks until it is committed, thousands for GiBs of memory, and a shell's soft
+/// limit is often 1024. The systemd unit sets both limits high already.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit; large checkpoints may fail");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -178,6 +194,7 @@ pub fn main() -> ExitCode {
         }
         _ => crate::logging::init(&config.log),
     }
+    raise_open_files_limit();
     // One event-loop thread: a CRI call through lazarus is I/O, and keeping
     // both HTTP/2 legs of a call on one thread avoids cross-thread wake-ups
     // (measured: ~40 µs less added latency per call than two workers, see

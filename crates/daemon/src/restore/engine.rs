@@ -571,9 +571,10 @@ impl Restorer {
                 };
                 for reference in references {
                     if let Ok(resolved) = this.fetcher.resolve(&reference).await {
-                        let layer = &resolved.manifest.layers()[0];
-                        tracing::info!(pod = %pod_name, container = %container, checkpoint = %resolved.reference, "prefetching the checkpoint for a pod being created");
-                        drop(this.fetcher.start(&resolved.reference, layer.digest().as_ref(), layer.size()));
+                        tracing::info!(pod = %pod_name, container = %container, checkpoint = %resolved.reference, layers = resolved.manifest.layers().len(), "prefetching the checkpoint for a pod being created");
+                        for layer in resolved.manifest.layers() {
+                            drop(this.fetcher.start(&resolved.reference, layer.digest().as_ref(), layer.size()));
+                        }
                     }
                 }
             }

@@ -22,13 +22,15 @@ pub(super) struct Committed {
     pub(super) digest: String,
     /// Compressed layer size.
     pub(super) layer_size: u64,
+    /// Bytes it added to the store (chunks the store had are not counted).
+    pub(super) added: u64,
     /// Older checkpoints removed by retention and the size cap.
     pub(super) pruned: usize,
 }
 
 impl Checkpointer {
-    /// Packages `tree` as a single-layer OCI image (the layer file is written
-    /// in `scratch`), commits it and prunes the container's checkpoints to
+    /// Packages `tree` as an OCI image (the small files' layer is written in
+    /// `scratch`, the large files are chunks), commits it and prunes the container's checkpoints to
     /// `keep` in the same index replacement, then applies the store's size cap.
     pub(super) async fn package_and_commit(
         &self,
@@ -87,7 +89,7 @@ impl Checkpointer {
         if let Some(bytes) = store_size {
             self.metrics.set_store_size(bytes);
         }
-        Ok(Committed { digest, layer_size: packaged.layer_size, pruned })
+        Ok(Committed { digest, layer_size: packaged.layer_size, added: packaged.written, pruned })
     }
     /// Removes the oldest checkpoints until the store fits `max` bytes,
     /// keeping every container's newest one.

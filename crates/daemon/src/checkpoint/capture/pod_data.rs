@@ -385,6 +385,7 @@ mod tests {
             compression: Compression::Zstd,
             store_max_size: None,
             registry: lazarus_registry::RegistrySettings::default(),
+            registry_layout: crate::checkpoint::RegistryLayout::default(),
             empty_dir_capture_max_size: 100,
             dev_shm_capture_max_size: 100,
         };

@@ -15,12 +15,16 @@ impl Checkpointer {
     ) {
         let started = Instant::now();
         let pod = checkpoint.key.rsplit_once('/').map_or(checkpoint.key.as_str(), |(pod, _)| pod).to_owned();
-        // Other runtimes read one tar of the tree: a checkpoint whose large files
-        // are stored as they are is pushed in that layout (written now, after the
-        // local checkpoint is committed).
-        let converted = {
-            let (store, digest, compression) = (self.store.clone(), checkpoint.digest.clone(), self.config.compression);
-            crate::blocking::run(move || crate::checkpoint::image::compatible(&store, &digest, compression)).await
+        // The store's layout shares chunks between versions: only what the registry lacks is
+        // sent. Other runtimes read one tar of the tree: with `registry_layout = "portable"` the
+        // checkpoint is pushed in that layout (written now, after the local checkpoint is committed).
+        let converted = match self.config.registry_layout {
+            RegistryLayout::Incremental => Ok(None),
+            RegistryLayout::Portable => {
+                let (store, digest, compression) =
+                    (self.store.clone(), checkpoint.digest.clone(), self.config.compression);
+                crate::blocking::run(move || crate::checkpoint::image::compatible(&store, &digest, compression)).await
+            }
         };
         let (pushed_digest, _compatible) = match converted {
             Ok(Some(compatible)) => (compatible.manifest_digest.clone(), Some(compatible)),

@@ -125,6 +125,9 @@ impl Restorer {
         .await;
         if let Some(download) = &downloaded {
             self.fetcher.release(&download.layer_digest);
+            for (file, _) in &download.files {
+                self.fetcher.release(file.digest().as_ref());
+            }
         }
         let (meta, has_images, unpacked, volumes, pod_cut) = outcome?;
         let target =
@@ -190,11 +193,24 @@ impl Restorer {
         self.fetcher.release(config.digest().as_ref());
         let arch =
             serde_json::from_slice::<ImageConfiguration>(&config_bytes).ok().map(|c| c.architecture().to_string());
-        let layer = resolved.manifest.layers()[0].clone();
+        let Some((layer, file_layers)) = resolved.manifest.layers().split_first() else {
+            return Err(fetch_err(FetchError::NotACheckpoint(format!("{pinned}: the manifest has no layer"))));
+        };
+        // Every blob started (a few at a time), then each waited for within the one deadline.
+        let deadline = tokio::time::Instant::now() + wait;
+        for file in file_layers {
+            drop(self.fetcher.start(pinned, file.digest().as_ref(), file.size()));
+        }
         let layer_digest = layer.digest().to_string();
         let layer_path = self.fetcher.blob(pinned, &layer_digest, layer.size(), wait).await.map_err(fetch_err)?;
+        let mut files = Vec::with_capacity(file_layers.len());
+        for file in file_layers {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let path = self.fetcher.blob(pinned, file.digest().as_ref(), file.size(), left).await.map_err(fetch_err)?;
+            files.push((file.clone(), path));
+        }
         let annotations = resolved.manifest.annotations().clone().unwrap_or_default().into_iter().collect();
-        Ok(Download { layer_path, layer_digest, annotations, arch })
+        Ok(Download { layer_path, layer_digest, files, annotations, arch })
     }
 }
 
@@ -203,6 +219,8 @@ impl Restorer {
 struct Download {
     layer_path: PathBuf,
     layer_digest: String,
+    /// The large files' layers ([`lazarus_format::tree_files`], [`lazarus_format::chunks`]), downloaded.
+    files: Vec<(oci_spec::image::Descriptor, PathBuf)>,
     annotations: BTreeMap<String, String>,
     arch: Option<String>,
 }
@@ -211,8 +229,18 @@ struct Download {
 fn unpack_download(reference: &str, download: &Download, tree: &Path) -> Result<UnpackOutcome, RestoreError> {
     let file = std::fs::File::open(&download.layer_path).map_err(io("opening", &download.layer_path))?;
     // Verified while downloading; unpacking checks the archive's safety.
-    let unpacked = archive::unpack(file, tree, None, &download.layer_path)
+    let mut unpacked = archive::unpack(file, tree, None, &download.layer_path)
         .map_err(|source| RestoreError::Unpack { reference: reference.to_owned(), source })?;
+    let layers: Vec<_> = download.files.iter().map(|(d, _)| d.clone()).collect();
+    let corrupt = |reason: String| RestoreError::Corrupt { reference: reference.to_owned(), reason };
+    let stored = crate::checkpoint::image::stored_files(&layers, |digest| {
+        let found = download.files.iter().find(|(d, _)| d.digest().as_ref() == digest);
+        found.map(|(_, path)| path.clone()).ok_or_else(|| format!("layer {digest} was not downloaded"))
+    })
+    .map_err(corrupt)?;
+    let placed = place_files(&stored, tree).map_err(corrupt)?;
+    unpacked.files += placed.0;
+    unpacked.bytes += placed.1;
     Ok((download.annotations.clone(), download.arch.clone(), unpacked))
 }
 
@@ -240,18 +268,10 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             let Some((layer, files)) = manifest.layers().split_first() else {
                 return Err(corrupt("the manifest has no layer".to_owned()));
             };
-            let known = |f: &&oci_spec::image::Descriptor| {
-                let media = f.media_type().to_string();
-                media == tree_files::MEDIA_TYPE || media == tree_files::MEDIA_TYPE_ZSTD
-            };
-            if let Some(other) = files.iter().find(|f| !known(f)) {
-                return Err(corrupt(format!(
-                    "layer {} has media type {}, expected {}",
-                    other.digest(),
-                    other.media_type(),
-                    tree_files::MEDIA_TYPE
-                )));
-            }
+            let stored = crate::checkpoint::image::stored_files(files, |digest| {
+                store.blob_path(digest).map_err(|e| format!("layer {digest}: {e}"))
+            })
+            .map_err(corrupt)?;
             let config_digest = manifest.config().digest().to_string();
             let arch = store
                 .read_blob(&config_digest)
@@ -263,7 +283,7 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
             let file = std::fs::File::open(&path).map_err(io("opening", &path))?;
             let mut unpacked = archive::unpack(file, tree, Some(&layer_digest), &path)
                 .map_err(|source| RestoreError::Unpack { reference: reference.clone(), source })?;
-            let placed = place_files(store, files, tree).map_err(corrupt)?;
+            let placed = place_files(&stored, tree).map_err(corrupt)?;
             unpacked.files += placed.0;
             unpacked.bytes += placed.1;
             let annotations = manifest.annotations().clone().unwrap_or_default().into_iter().collect();
@@ -272,14 +292,14 @@ fn unpack_candidate(store: &Store, candidate: &Candidate, tree: &Path) -> Result
     }
 }
 
-/// The checkpoint's large files, each checked against its digest and hard-linked
-/// from the store into `tree` (no copy; a compressed one is decompressed), two
-/// at a time. Returns (files, bytes).
-fn place_files(store: &Store, files: &[oci_spec::image::Descriptor], tree: &Path) -> Result<(u64, u64), String> {
+/// The checkpoint's large files, every blob checked against its digest: a file stored as it is
+/// is hard-linked from the store into `tree` (no copy), a compressed one decompressed, a chunked
+/// one written from its chunks; two files at a time. Returns (files, bytes).
+fn place_files(files: &[tree_files::StoredFile], tree: &Path) -> Result<(u64, u64), String> {
     let placed = lazarus_format::fsutil::on_workers(
         files,
         2,
-        |d| place_file(store, d, tree),
+        |file| tree_files::place_file(file, tree).map(|_| file.size()).map_err(|e| e.to_string()),
         || Err("a worker placing the checkpoint's files panicked".to_owned()),
     );
     let mut bytes = 0;
@@ -287,23 +307,6 @@ fn place_files(store: &Store, files: &[oci_spec::image::Descriptor], tree: &Path
         bytes += outcome?;
     }
     Ok((files.len() as u64, bytes))
-}
-
-#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (Restorer::stage)")]
-fn place_file(store: &Store, descriptor: &oci_spec::image::Descriptor, tree: &Path) -> Result<u64, String> {
-    let digest = descriptor.digest().to_string();
-    let title = descriptor
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(tree_files::TITLE))
-        .ok_or_else(|| format!("layer {digest} has no {} annotation", tree_files::TITLE))?;
-    let blob = store.blob_path(&digest).map_err(|e| format!("layer {digest} ({title}): {e}"))?;
-    if descriptor.media_type().to_string() == tree_files::MEDIA_TYPE_ZSTD {
-        let placed = tree_files::unpack_in_place(&blob, &digest, title, tree).map_err(|e| e.to_string())?;
-        return std::fs::metadata(&placed).map(|m| m.len()).map_err(|e| format!("{}: {e}", placed.display()));
-    }
-    tree_files::put_in_place(&blob, &digest, title, tree).map_err(|e| e.to_string())?;
-    Ok(descriptor.size())
 }
 
 /// A fresh staging dir (a unique name from tempfile) with an empty `tree/`;
