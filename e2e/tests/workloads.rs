@@ -55,7 +55,12 @@ impl Running {
 
 impl Bed {
     async fn up() -> Result<Bed> {
-        let Node { bed, dir, mut cri, lazarus } = Node::up("").await?;
+        Bed::up_with("").await
+    }
+
+    /// A node whose config has `extra_config` (TOML lines) besides the restore dir.
+    async fn up_with(extra_config: &str) -> Result<Bed> {
+        let Node { bed, dir, mut cri, lazarus } = Node::up(extra_config).await?;
         let image = bed.debian_image()?.to_owned();
         // Imported by testbed.sh, not in the registry: kubelet's IfNotPresent finds it.
         let status = cri
@@ -351,6 +356,149 @@ async fn redis_with_100k_keys_keeps_every_value_and_accepts_writes() -> Result<(
     ensure!(redis(&mut bed, &restored, &["INCR", "key:counter"]).await? == "1", "INCR");
     ensure!(redis(&mut bed, &restored, &["DBSIZE"]).await? == (KEYS + 2).to_string(), "DBSIZE after writes");
     bed.remove(&restored).await?;
+    Ok(())
+}
+
+/// The store's bytes: every blob's size.
+fn store_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir.join("state/store/blobs/sha256"))? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
+/// For the newest two checkpoints in the store of `dir`: per file of the tree, the bytes of the
+/// newer's chunks and how many of them the older does not have.
+fn new_bytes_per_file(dir: &Path) -> Result<Vec<(String, u64, u64)>> {
+    let store = dir.join("state/store");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join("index.json"))?)?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let layers = |m: &serde_json::Value| -> Result<Vec<serde_json::Value>> {
+        let digest = m["digest"].as_str().context("digest")?.trim_start_matches("sha256:").to_owned();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.join("blobs/sha256").join(digest))?)?;
+        Ok(manifest["layers"].as_array().cloned().unwrap_or_default())
+    };
+    let [.., older, newer] = manifests.as_slice() else { bail!("fewer than two checkpoints") };
+    let old: std::collections::HashSet<String> =
+        layers(older)?.iter().filter_map(|l| l["digest"].as_str().map(str::to_owned)).collect();
+    let mut files: Vec<(String, u64, u64)> = Vec::new();
+    for layer in layers(newer)? {
+        let title = layer["annotations"]["org.opencontainers.image.title"].as_str().unwrap_or("(the tree)").to_owned();
+        let size = layer["size"].as_u64().unwrap_or(0);
+        let new = if old.contains(layer["digest"].as_str().unwrap_or_default()) { 0 } else { size };
+        match files.iter_mut().find(|f| f.0 == title) {
+            Some(file) => {
+                file.1 += size;
+                file.2 += new;
+            }
+            None => files.push((title, size, new)),
+        }
+    }
+    Ok(files)
+}
+
+/// `uploaded_bytes=N` of the "checkpoint pushed" line `lazarus checkpoint` logs.
+fn uploaded_bytes(log: &str) -> Result<u64> {
+    let line = log.lines().find(|l| l.contains("checkpoint pushed")).with_context(|| format!("no push in:\n{log}"))?;
+    let value = line.split("uploaded_bytes=").nth(1).context("no uploaded_bytes")?;
+    Ok(value.split(|c: char| !c.is_ascii_digit()).next().unwrap_or_default().parse()?)
+}
+
+/// 64 MiB of incompressible uint64 (seeded) in one numpy array; `/tmp/change` present: the first
+/// 1 % of it is rewritten (another seed); `/tmp/hash` present: the sha256 of the whole array goes
+/// to `/tmp/hash.out`. `/tmp/state` says which it holds.
+const NUMPY_VERSIONS: &str = r#"
+import hashlib, os, time
+import numpy as np
+x = np.random.default_rng(1).integers(0, 2**63, size=64 * 2**20 // 8, dtype=np.uint64)
+def put(path, text):
+    with open(path + ".new", "w") as f:
+        f.write(text + "\n")
+    os.rename(path + ".new", path)
+put("/tmp/state", "ready")
+changed = False
+while True:
+    if os.path.exists("/tmp/change") and not changed:
+        n = len(x) // 100
+        x[:n] = np.random.default_rng(2).integers(0, 2**63, size=n, dtype=np.uint64)
+        changed = True
+        put("/tmp/state", "changed")
+    if os.path.exists("/tmp/hash"):
+        os.remove("/tmp/hash")
+        put("/tmp/hash.out", hashlib.sha256(x.tobytes()).hexdigest())
+    time.sleep(0.1)
+"#;
+
+/// The sha256 of the numpy array in `running`, asked of the program.
+async fn array_digest(bed: &mut Bed, running: &Running) -> Result<String> {
+    bed.exec(running, &["sh", "-c", "rm -f /tmp/hash.out; touch /tmp/hash"]).await?;
+    bed.exec_until(running, &["sh", "-c", "cat /tmp/hash.out 2>/dev/null || true"], "the array's digest", |s| {
+        s.len() == 64
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_version_shares_chunks_and_comes_back_on_another_node_from_the_registry() -> Result<()> {
+    let _serial = lazarus_e2e::serial().await;
+    let registry_config = "insecure_registries = [\"127.0.0.1\"]\nrestore_allowed_registries = [\"127.0.0.1:5000\"]\n";
+    let mut bed = Bed::up_with(registry_config).await?;
+    let registry = bed.bed.var("REGISTRY")?.to_owned();
+    let repository = format!("{registry}/lazarus-e2e/versions-{:x}", lazarus_e2e::rand_u64());
+    let command = ["python3", "-c", NUMPY_VERSIONS];
+    let program = bed.run("array-versions", &[], "array", &command, User::Root).await?;
+    bed.exec_until(&program, &["cat", "/tmp/state"], "the array", |s| s == "ready").await?;
+    let key = format!("{NAMESPACE}/array-versions/array");
+    let checkpoint = |bed: &Bed| -> Result<(u64, u64, String)> {
+        let before = store_bytes(bed.dir.path())?;
+        let out = lazarus_e2e::lazarus_cli(
+            &bed.bed,
+            bed.dir.path(),
+            &["checkpoint", &key, "--repository", &repository, "--log-level", "info"],
+        )?;
+        let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8_lossy(&out.stderr).into_owned());
+        ensure!(out.status.success(), "lazarus checkpoint failed:\n{stderr}");
+        let pushed = stdout.lines().nth(1).with_context(|| format!("no registry reference: {stdout}"))?.to_owned();
+        Ok((store_bytes(bed.dir.path())? - before, uploaded_bytes(&stderr)?, pushed))
+    };
+    let (stored1, uploaded1, _) = checkpoint(&bed)?;
+    bed.exec(&program, &["touch", "/tmp/change"]).await?;
+    bed.exec_until(&program, &["cat", "/tmp/state"], "the change", |s| s == "changed").await?;
+    let changed = array_digest(&mut bed, &program).await?;
+    let (stored2, uploaded2, pushed) = checkpoint(&bed)?;
+    println!(
+        "64 MiB array: the first version stored {stored1} bytes and uploaded {uploaded1}; with 1 % of it \
+         rewritten, the second stored {stored2} and uploaded {uploaded2}"
+    );
+    let files = new_bytes_per_file(bed.dir.path())?;
+    for (title, size, new) in &files {
+        println!("  {title}: {size} bytes, {new} of them new");
+    }
+    // The interpreter's own memory (~25 MiB: its heap, arenas, numpy's generator) churns between
+    // the two; the array's 63 MiB that did not change must be shared.
+    let (_, pages, new) = files.iter().find(|f| f.0 == "checkpoint/pages-1.img").context("no pages file")?;
+    ensure!(stored1 > 64 << 20 && uploaded1 > 64 << 20, "the first version holds the whole array");
+    ensure!(pages - new >= 48 << 20, "only {} bytes of the second version's memory are shared", pages - new);
+    ensure!(
+        stored2 + (48 << 20) <= stored1,
+        "the second version added {stored2} bytes to the store, the first {stored1}"
+    );
+    ensure!(uploaded2 <= stored2, "the second version uploaded {uploaded2} bytes, more than it stored ({stored2})");
+    ensure!(
+        uploaded2 + (48 << 20) <= uploaded1,
+        "the second version uploaded {uploaded2} bytes, the first {uploaded1}"
+    );
+    bed.remove(&program).await?;
+
+    // Another node (its own store) restores the second version from the registry.
+    let mut other = Bed::up_with(registry_config).await?;
+    let restored = other.restore(&program, &pushed, &command, User::Root).await?;
+    ensure!(other.exec(&restored, &["cat", "/tmp/state"]).await?.trim() == "changed", "the second version's state");
+    let digest = array_digest(&mut other, &restored).await?;
+    ensure!(digest == changed, "the array on the other node hashes to {digest}, before the checkpoint {changed}");
+    other.remove(&restored).await?;
     Ok(())
 }
 
