@@ -12,124 +12,16 @@
 //! `cargo bench -p lazarus-e2e --bench checkpoint [-- --sizes 1024,4096 --rounds 1 --memory compressible]`
 //! (needs `e2e/testbed/testbed.sh up`, gcc with static glibc).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use lazarus_e2e::{Cri, Testbed, container_config, pod_config, wait_for};
-use lazarus_proto::v1;
-
-fn build_memhog(dir: &Path) -> Result<PathBuf> {
-    let source = lazarus_e2e::repo_root().join("e2e/bench-tools/memhog.c");
-    let out = dir.join("memhog");
-    let status = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&out).arg(&source).status()?;
-    ensure!(status.success(), "gcc -static memhog.c failed (needs libc6-dev)");
-    Ok(out)
-}
-
-/// `stats-dump` frozen time in ms.
-fn frozen_ms(stats: &Path) -> Option<f64> {
-    let bytes = std::fs::read(stats).ok()?;
-    lazarus_shim_stats::parse(&bytes).map(|s| f64::from(s.frozen_time) / 1000.0)
-}
-
-/// CRIU's `stats-dump`, read independently of lazarus (the bench measures
-/// lazarus, so it does not reuse lazarus's own parser).
-mod lazarus_shim_stats {
-    use prost::Message;
-    #[derive(Clone, PartialEq, Message)]
-    pub struct DumpStats {
-        #[prost(uint32, tag = "1")]
-        pub freezing_time: u32,
-        #[prost(uint32, tag = "2")]
-        pub frozen_time: u32,
-    }
-    #[derive(Clone, PartialEq, Message)]
-    pub struct StatsEntry {
-        #[prost(message, optional, tag = "1")]
-        pub dump: Option<DumpStats>,
-    }
-    pub fn parse(bytes: &[u8]) -> Option<DumpStats> {
-        let header = bytes.get(8..12)?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        StatsEntry::decode(bytes.get(12..12 + len)?).ok()?.dump
-    }
-}
-
-struct Raw {
-    /// `criu dump` alone.
-    dump: Duration,
-    /// The `sync` after it.
-    sync: Duration,
-    frozen_ms: Option<f64>,
-    written: u64,
-    cpu: Duration,
-}
-
-/// Sectors written by every disk so far (`/sys/block/*/stat`, field 7), in bytes.
-fn disk_written() -> u64 {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|t| t.split_whitespace().nth(6).and_then(|v| v.parse::<u64>().ok()))
-        .sum::<u64>()
-        * 512
-}
-
-/// CPU time (user + system) of the waited-for children so far.
-fn children_cpu() -> Duration {
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
-    usage.map_or(Duration::ZERO, |u| {
-        let t = |tv: nix::sys::time::TimeVal| Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000);
-        t(u.user_time()) + t(u.system_time())
-    })
-}
-
-fn sync_all() -> Result<Duration> {
-    let started = Instant::now();
-    ensure!(Command::new("sync").status()?.success(), "sync failed");
-    Ok(started.elapsed())
-}
-
-fn raw_criu(memhog: &Path, mib: usize, memory: &str, dir: &Path) -> Result<Raw> {
-    let mut child = Command::new("setsid")
-        .arg(memhog)
-        .arg(mib.to_string())
-        .arg(memory)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    ensure!(line.starts_with("ready"), "memhog: {line:?}");
-    let pid = child.id();
-    let images = dir.join(format!("raw-{mib}"));
-    std::fs::create_dir_all(&images)?;
-    sync_all()?;
-    let (written_before, cpu_before) = (disk_written(), children_cpu());
-    let started = Instant::now();
-    let out = Command::new("criu")
-        .args(["dump", "--leave-running", "-t", &pid.to_string(), "-o", "dump.log", "-D"])
-        .arg(&images)
-        .output()?;
-    let dump = started.elapsed();
-    let sync = sync_all()?;
-    let (written, cpu) = (disk_written() - written_before, children_cpu().saturating_sub(cpu_before));
-    let _ = child.kill();
-    let _ = child.wait();
-    if !out.status.success() {
-        bail!("criu dump failed: {}", std::fs::read_to_string(images.join("dump.log")).unwrap_or_default());
-    }
-    let result = Raw { dump, sync, frozen_ms: frozen_ms(&images.join("stats-dump")), written, cpu };
-    std::fs::remove_dir_all(&images)?;
-    sync_all()?;
-    Ok(result)
-}
+use anyhow::{Context, Result, ensure};
+use lazarus_e2e::bench::{
+    build_memhog, checkpoint_command, children_cpu, disk_written, frozen_ms, mib_of, raw_criu, start_memhog_pod,
+    sync_all,
+};
+use lazarus_e2e::{Cri, Testbed};
 
 /// The peak RSS (`VmHWM`) of process `pid`, read every 10 ms until `done`.
 fn watch_peak_rss(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
@@ -179,25 +71,9 @@ async fn through_lazarus(
 ) -> Result<Through> {
     cri.sweep_test_pods().await?;
     let logs = dir.join(format!("pods-{mib}"));
-    let pod = pod_config(&format!("memhog-{mib}"), "lazarus-bench", &logs, &[]);
-    let pod_id = cri.run_pod(&pod).await?;
-    let image = bed.workload_image()?.to_owned();
-    cri.pull(&image, &pod).await?;
-    let mut config = container_config(&pod, "memhog", &image, &["/memhog", &mib.to_string(), memory]);
-    config.mounts.push(v1::Mount {
-        container_path: "/memhog".into(),
-        host_path: memhog.display().to_string(),
-        readonly: true,
-        ..Default::default()
-    });
-    let id = cri.create_container(&pod_id, config, &pod).await?;
-    cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await?;
-    let log = logs.join("memhog/0.log");
-    wait_for(Duration::from_secs(120), "memhog ready", || {
-        let log = log.clone();
-        async move { std::fs::read_to_string(&log).ok().filter(|t| t.contains("ready")).map(|_| ()) }
-    })
-    .await?;
+    let id = start_memhog_pod(bed, cri, memhog, &format!("memhog-{mib}"), &[&mib.to_string(), memory], &[], &logs)
+        .await?
+        .container_id;
     // Reference 2: runc's own checkpoint of the same container, with the
     // options containerd passes for lazarus (what CRIU does in a container:
     // namespaces, network lock, /dev tmpfs…).
@@ -223,13 +99,7 @@ async fn through_lazarus(
     sync_all()?;
     let (written_before, cpu_before) = (disk_written(), children_cpu());
     let started = Instant::now();
-    let child = Command::new(lazarus_e2e::lazarus_bin()?)
-        .args(["checkpoint", &id, "--log-level", "info", "--upstream"])
-        .arg(format!("unix://{}", bed.containerd_socket()?.display()))
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--run-dir")
-        .arg(dir.join("run"))
+    let child = checkpoint_command(bed, &id, &state, &dir.join("run"))?
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -295,13 +165,12 @@ async fn main() -> Result<()> {
         "| memory | raw: criu dump + sync (dump / sync) | lazarus: committed (+ sync after) | **wall lazarus ÷ raw** | CRIU frozen raw / lazarus | **frozen ÷ raw** | whole cut frozen | runc checkpoint: wall / frozen | disk written raw / lazarus | lazarus CPU / peak RSS | stored (layers) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mib_of = |b: u64| b as f64 / 1048576.0;
     for _ in 0..rounds {
         for &mib in &sizes {
             let raw = raw_criu(&memhog, mib, &memory, dir.path())?;
             let through = through_lazarus(&bed, &mut cri, &memhog, (mib, &memory), dir.path()).await?;
             let raw_frozen = raw.frozen_ms.unwrap_or(f64::NAN);
-            let raw_wall = raw.dump + raw.sync;
+            let raw_wall = raw.wall();
             println!(
                 "| {mib} MiB | {:.0} ms ({:.0} / {:.0}) | {:.0} ms (+{:.0}) | {:.2} | {raw_frozen:.0} / {:.0} ms | {:.2} | {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} MiB | {:.1} s / {:.1} MiB | {:.0} MiB ({}) |",
                 raw_wall.as_secs_f64() * 1000.0,

@@ -17,6 +17,8 @@ use lazarus_proto::v1::image_service_client::ImageServiceClient;
 use lazarus_proto::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod bench;
+
 /// kubelet's CRI message size limit.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// Label put on every pod the tests create, so leftovers can be swept.
