@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use lazarus_e2e::bench::build_memhog;
 use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
@@ -107,14 +108,6 @@ struct Window {
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn build_memhog(dir: &Path) -> Result<PathBuf> {
-    let source = lazarus_e2e::repo_root().join("e2e/bench-tools/memhog.c");
-    let out = dir.join("memhog");
-    let status = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&out).arg(&source).status()?;
-    ensure!(status.success(), "gcc -static memhog.c failed (needs libc6-dev)");
-    Ok(out)
 }
 
 /// utime + stime of a process, in seconds.

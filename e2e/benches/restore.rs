@@ -35,18 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use lazarus_e2e::bench::build_memhog;
 use lazarus_e2e::{Cri, LazarusProcess, Testbed, container_config, pod_config, wait_for};
 use lazarus_proto::v1;
 
 const NAMESPACE: &str = "lazarus-bench-restore";
-
-fn build_memhog(dir: &Path) -> Result<PathBuf> {
-    let source = lazarus_e2e::repo_root().join("e2e/bench-tools/memhog.c");
-    let out = dir.join("memhog");
-    let status = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&out).arg(&source).status()?;
-    ensure!(status.success(), "gcc -static memhog.c failed (needs libc6-dev)");
-    Ok(out)
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
