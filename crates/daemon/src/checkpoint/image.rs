@@ -421,26 +421,27 @@ fn store_file(store: &Store, file: &tree_files::TreeFile) -> Result<StoredAs, Pa
     }
     cut.map_err(io("reading", &file.path))?;
     stored.sort_by_key(|(index, _, _)| *index);
-    let mut chunks: Vec<Option<StoredChunk>> = Vec::with_capacity(stored.len());
-    let mut staged = Vec::new();
-    let mut staged_at = Vec::new();
-    for (position, (_, size, chunk)) in stored.into_iter().enumerate() {
+    // Staged chunks become blobs together; in file order, each takes its place back.
+    let (mut staged, mut order) = (Vec::new(), Vec::with_capacity(stored.len()));
+    for (_, size, chunk) in stored {
         match chunk {
-            lazarus_store::Chunk::Existing(blob) => chunks.push(Some(StoredChunk { blob, size, compressed: compress })),
+            lazarus_store::Chunk::Existing(blob) => order.push((size, Some(blob))),
             lazarus_store::Chunk::Staged(blob) => {
-                chunks.push(None);
-                staged_at.push((position, size));
                 staged.push(blob);
+                order.push((size, None));
             }
         }
     }
-    let installed = store.install_staged(staged)?;
-    let written = installed.iter().map(|b| b.size).sum();
-    for ((position, size), blob) in staged_at.into_iter().zip(installed) {
-        chunks[position] = Some(StoredChunk { blob, size, compressed: compress });
-    }
+    let mut installed = store.install_staged(staged)?.into_iter();
+    let written = installed.as_slice().iter().map(|b| b.size).sum();
+    let chunks = order
+        .into_iter()
+        .filter_map(|(size, existing)| {
+            existing.or_else(|| installed.next()).map(|blob| StoredChunk { blob, size, compressed: compress })
+        })
+        .collect();
     std::fs::remove_file(&file.path).map_err(io("removing", &file.path))?;
-    Ok(StoredAs { chunks: chunks.into_iter().flatten().collect(), written })
+    Ok(StoredAs { chunks, written })
 }
 
 /// Stores the large files, two at a time.

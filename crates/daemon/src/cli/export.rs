@@ -107,8 +107,8 @@ fn export_now(store: &Store, reference: &str, file: &Path) -> Result<Exported, E
     // store's garbage collection removes the blob meanwhile.
     let input = File::open(&blob).map_err(io("opening", &blob))?;
 
-    let bytes = write_then_name(file, |partial| {
-        let (written, actual) = write_partial(input, &blob, partial)?;
+    let bytes = write_then_name(file, |partial, output| {
+        let (written, actual) = write_partial(input, &blob, partial, output)?;
         // A wrong digest explains a failed decompression too: say that.
         if actual != expected {
             return Err(ExportError::Damaged { reference: reference.clone(), expected: expected.clone(), actual });
@@ -121,20 +121,13 @@ fn export_now(store: &Store, reference: &str, file: &Path) -> Result<Exported, E
 
 /// The export of a checkpoint with large files of their own: the tree's tar
 /// written from its layers into a new file, named once complete.
-#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (export)")]
 fn export_tree(
     store: &Store,
     manifest: &oci_spec::image::ImageManifest,
     reference: &str,
     file: &Path,
 ) -> Result<Exported, ExportError> {
-    let bytes = write_then_name(file, |partial| {
-        let output = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(partial)
-            .map_err(io("creating a file in", partial.parent().unwrap_or(Path::new("."))))?;
+    let bytes = write_then_name(file, |partial, output| {
         let mut writer = BufWriter::with_capacity(1 << 20, output);
         crate::checkpoint::image::write_stored_tree(store, manifest, &mut writer).map_err(|e| match e {
             crate::checkpoint::image::PackageError::Damaged { layer, actual } => {
@@ -150,19 +143,28 @@ fn export_tree(
     Ok(Exported { reference: reference.to_owned(), bytes })
 }
 
-/// Runs `write` on a temporary file next to `file`, then gives it the name
+/// Runs `write` on a temporary file next to `file` (created, mode 0600), then gives it the name
 /// `file` — complete, and never replacing anything (a hard link, which fails
 /// if the name was taken meanwhile). The temporary name is removed either way.
 /// Returns what `write` returned (the archive's bytes).
 #[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (export)")]
-fn write_then_name(file: &Path, write: impl FnOnce(&Path) -> Result<u64, ExportError>) -> Result<u64, ExportError> {
+fn write_then_name(
+    file: &Path,
+    write: impl FnOnce(&Path, File) -> Result<u64, ExportError>,
+) -> Result<u64, ExportError> {
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
     let partial = dir.join(format!(".{name}.lazarus-export-{}", std::process::id()));
-    let result = write(&partial).and_then(|bytes| {
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(io("creating a file in", &dir));
+    let result = created.and_then(|output| write(&partial, output)).and_then(|bytes| {
         std::fs::hard_link(&partial, file).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => ExportError::Exists(file.to_owned()),
             _ => io("naming the archive", file)(e),
@@ -173,17 +175,15 @@ fn write_then_name(file: &Path, write: impl FnOnce(&Path) -> Result<u64, ExportE
     result
 }
 
-/// Decompresses the layer read from `input` into a new file at `partial`;
+/// Decompresses the layer read from `input` into `output`, the new file at `partial`;
 /// returns the outcome of writing it (the bytes written) and the sha256 of
 /// everything read — after a failure too, the rest of the input is hashed.
-#[expect(clippy::disallowed_methods, reason = "runs on the blocking pool (export)")]
-fn write_partial(input: File, blob: &Path, partial: &Path) -> Result<(Result<u64, ExportError>, String), ExportError> {
-    let output = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(partial)
-        .map_err(io("creating a file in", partial.parent().unwrap_or(Path::new("."))))?;
+fn write_partial(
+    input: File,
+    blob: &Path,
+    partial: &Path,
+    output: File,
+) -> Result<(Result<u64, ExportError>, String), ExportError> {
     let mut hashing = BufReader::with_capacity(1 << 20, HashingReader::new(input));
     let written = (|| {
         let mut writer = BufWriter::with_capacity(1 << 20, output);
